@@ -1,0 +1,120 @@
+"""The library entry point: spec -> artifact -> runner -> measurement -> result rows.
+
+`run_benchmark` measures one or more models on one runtime/device with interleaved repetitions,
+appends one row per model as soon as all are measured, and returns the rows. Everything a row
+needs to be trusted later (raw timestamps, settings, artifact, environment) goes into it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+from slmbench.environment import environment
+from slmbench.measure import RunSettings, Subject, make_inputs, measure, summarize_subject
+from slmbench.memory import current_rss, peak_rss, reset_peak_rss
+from slmbench.models import ModelSpec
+from slmbench.results import SCHEMA, append_row, check_writable
+from slmbench.runners import select_runner
+
+
+def config_key(model: str, device: str, runtime: str, precision: str, settings: RunSettings,
+               threads: int | None, options: dict | None = None) -> str:
+    """What makes two rows the same configuration (sweeps resume by it)."""
+    opts = ",".join(f"{k}={v}" for k, v in sorted((options or {}).items()))
+    return (f"{model}|{device}|{runtime}|{precision}|b{settings.batch}|in{settings.input_len}|"
+            f"out{settings.output_len}|t{threads or 'auto'}" + (f"|{opts}" if opts else ""))
+
+
+def run_benchmark(specs: list[ModelSpec], device: str = "cpu", runtime: str | None = None,
+                  precision: str = "fp32", settings: RunSettings | None = None, threads: int | None = None,
+                  results: Path | str | None = None, cache_dir=None, options: dict | None = None,
+                  log=print, progress=None) -> list[dict]:
+    settings = settings or RunSettings()
+    for spec in specs:
+        settings.check_fits(spec.name, spec.config)
+    if results is not None:
+        check_writable(results)
+    runner_cls = select_runner(device, runtime)
+    group = uuid.uuid4().hex[:12]
+    subjects, loads, artifacts = [], {}, {}
+    for spec in specs:
+        runner = runner_cls(device, threads, options)
+        log(f"preparing {spec.name} for {runner_cls.runtime}/{device} ({precision})")
+        artifact, reused = runner.prepare(spec, precision, cache_dir)
+        artifacts[spec.name] = (artifact, reused)
+        rss_before = current_rss()
+        started = time.perf_counter()
+        load = runner.load(artifact)
+        load.load_s = time.perf_counter() - started
+        if load.device_executed.lower().split(":")[0] not in _device_aliases(device):
+            raise_device_mismatch(device, load.device_executed)
+        rss_after = current_rss()
+        loads[spec.name] = (load, (rss_after - rss_before) if rss_before and rss_after else None)
+        subjects.append(Subject(spec.name, runner, spec.config.is_encoder_decoder,
+                                spec.config.decoder_start_token))
+    inputs = {s.label: make_inputs(settings, spec.config.vocab_size) for s, spec in zip(subjects, specs)}
+    reset_peak_rss()
+    log(f"measuring {', '.join(s.label for s in subjects)}: batch {settings.batch}, input {settings.input_len}, "
+        f"output {settings.output_len} (interleaved; >= {settings.min_reps} reps and >= {settings.min_time_s:g}s each)")
+    measure(subjects, settings, inputs, progress)
+    peak = peak_rss()
+    env = environment()
+    rows = []
+    for subject, spec in zip(subjects, specs):
+        metrics, warnings = summarize_subject(subject, settings.batch)
+        load, load_rss = loads[spec.name]
+        artifact, reused = artifacts[spec.name]
+        runner = subject.runner
+        row = {
+            "schema": SCHEMA, "run_id": uuid.uuid4().hex[:12], "group": group,
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "key": config_key(spec.name, device, runner_cls.runtime, precision, settings, runner.threads, options),
+            "status": "ok", "error": None,
+            "model": spec.name, "family": spec.family.value, "parameters": spec.parameters,
+            "device": device, "runtime": runner_cls.runtime, "runtime_version": load.runtime_version,
+            "precision": precision, "batch": settings.batch, "input_len": settings.input_len,
+            "output_len": settings.output_len, "threads": runner.threads,
+            "mode": (options or {}).get("mode"),
+            "device_executed": load.device_executed, "device_info": load.device_info,
+            "runtime_options": load.options,
+            "settings": asdict(settings), "compared_with": [s.label for s in subjects if s is not subject],
+            "metrics": metrics, "cold_ttft_s": subject.cold.metrics(settings.batch)["ttft_s"],
+            "load_s": load.load_s, "compile_s": load.compile_s,
+            "peak_rss_bytes": peak, "rss_scope": "process, all models of the group loaded",
+            "load_rss_bytes": load_rss, "peak_device_memory_bytes": runner.peak_device_memory(),
+            "tokens_generated": subject.reps[0].tokens,
+            "repetitions": [{"timestamps_ns": r.timestamps_ns, "encoder_end_ns": r.encoder_end_ns}
+                            for r in subject.reps],
+            "cold": {"timestamps_ns": subject.cold.timestamps_ns, "encoder_end_ns": subject.cold.encoder_end_ns},
+            "warmup_count": len(subject.warmups),
+            "warnings": warnings,
+            "artifact": {"key": artifact.key, "path": str(artifact.path), "format": artifact.manifest["format"],
+                         "spec_hash": artifact.manifest["spec_hash"], "reused": reused,
+                         "export_seconds": artifact.manifest.get("export_seconds"),
+                         "opset": artifact.manifest.get("opset"),
+                         "parity_max_abs_diff": artifact.manifest["parity"]["max_abs_diff"],
+                         "weight_bytes": artifact.weight_bytes, "variant": artifact.manifest.get("variant")},
+            "environment": env,
+        }
+        rows.append(row)
+    for subject in subjects:
+        subject.runner.close()
+    if results is not None:
+        for row in rows:
+            append_row(results, row)
+    return rows
+
+
+def _device_aliases(device: str) -> set[str]:
+    """Names a runtime may report for a device (ONNX Runtime reports execution providers)."""
+    return {"cpu": {"cpu", "cpuexecutionprovider"}, "cuda": {"cuda", "cudaexecutionprovider"},
+            "gpu": {"gpu"}, "npu": {"npu"}}.get(device, {device})
+
+
+def raise_device_mismatch(requested: str, executed: str):
+    from slmbench.errors import DeviceUnavailable
+
+    raise DeviceUnavailable(f"asked for {requested} but the runtime runs on {executed}; refusing to measure")

@@ -1,0 +1,178 @@
+"""The measurement: one greedy fixed-length loop over a runner's primitives, and the timing.
+
+Timestamps come from `time.perf_counter_ns` at exactly these points (DESIGN.md section 3):
+t_0 when the input ids are handed to the runtime; for an encoder-decoder, t_enc when the encoder
+(with the cross-attention K/V) is done; t_i when generated token i is on the host. EOS is ignored;
+generation always produces `output_len` tokens. Several subjects (models, runtimes) measured
+together are interleaved repetition by repetition, so machine drift hits them alike.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from slmbench.errors import InvalidOption
+from slmbench.stats import is_noisy, summarize
+
+LIMITS = {"batch": 256, "input_len": 1 << 17, "output_len": 1 << 16}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What to measure and how long. Validated on construction, no side effects."""
+
+    batch: int = 1
+    input_len: int = 512
+    output_len: int = 128
+    warmup: int = 1
+    min_reps: int = 5
+    min_time_s: float = 10.0
+    max_reps: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "input_len", "output_len", "min_reps", "max_reps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise InvalidOption(f"{name} must be a positive integer, got {value!r}")
+            if value > LIMITS.get(name, 1 << 30):
+                raise InvalidOption(f"{name} = {value} is beyond the supported {LIMITS[name]}")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise InvalidOption(f"warmup must be an integer >= 0, got {self.warmup!r}")
+        if not isinstance(self.min_time_s, int | float) or self.min_time_s < 0:
+            raise InvalidOption(f"min_time_s must be >= 0 seconds, got {self.min_time_s!r}")
+        if self.max_reps < self.min_reps:
+            raise InvalidOption(f"max_reps ({self.max_reps}) must be >= min_reps ({self.min_reps})")
+
+    def check_fits(self, model: str, cfg) -> None:
+        """Lengths must fit the model's positions (decoder-only: prompt + generated tokens)."""
+        if cfg.is_encoder_decoder:
+            need = {"input_len": self.input_len, "output_len": self.output_len}
+        else:
+            need = {"input_len + output_len": self.input_len + self.output_len}
+        for what, value in need.items():
+            if value > cfg.max_positions:
+                raise InvalidOption(f"{what} = {value} exceeds {model}'s maximum positions "
+                                    f"({cfg.max_positions}); use shorter lengths")
+
+
+@dataclass
+class Repetition:
+    """Raw timestamps of one generation, in ns relative to t_0 (t_0 itself is 0)."""
+
+    timestamps_ns: list[int]
+    encoder_end_ns: int | None = None
+
+    @property
+    def tokens(self) -> int:
+        return len(self.timestamps_ns) - 1
+
+    def metrics(self, batch: int) -> dict[str, float | None]:
+        t = np.asarray(self.timestamps_ns, dtype=np.float64) * 1e-9
+        n = len(t) - 1
+        ttft = t[1] - t[0]
+        tpot = (t[n] - t[1]) / (n - 1) if n > 1 else None
+        encoder = self.encoder_end_ns * 1e-9 if self.encoder_end_ns is not None else None
+        return {
+            "ttft_s": ttft,
+            "encoder_s": encoder,
+            "prefill_s": ttft - encoder if encoder is not None else ttft,
+            "tpot_s": tpot,
+            "decode_tps": batch / tpot if tpot else None,
+            "e2e_s": t[n] - t[0],
+            "e2e_tps": batch * n / (t[n] - t[0]),
+        }
+
+    def itl_s(self) -> list[float]:
+        t = np.asarray(self.timestamps_ns, dtype=np.float64) * 1e-9
+        return list(np.diff(t[1:]))
+
+
+def generate(runner, input_ids: np.ndarray, output_len: int, encoder_decoder: bool,
+             start_token: int) -> tuple[Repetition, np.ndarray]:
+    """One timed greedy generation of exactly `output_len` tokens. Returns raw times and tokens."""
+    runner.start(input_ids, output_len)
+    clock = time.perf_counter_ns
+    tokens = np.empty((input_ids.shape[0], output_len), np.int64)
+    stamps = [0] * (output_len + 1)
+    encoder_end = None
+    t0 = clock()
+    if encoder_decoder:
+        runner.encode(input_ids)
+        encoder_end = clock()
+        step = runner.decode(np.full((input_ids.shape[0], 1), start_token, np.int64))
+    else:
+        step = runner.decode(input_ids)
+    stamps[1] = clock()
+    tokens[:, 0] = step
+    for i in range(1, output_len):
+        step = runner.decode(tokens[:, i - 1:i])
+        stamps[i + 1] = clock()
+        tokens[:, i] = step
+    stamps[0] = t0
+    return Repetition([s - t0 for s in stamps], None if encoder_end is None else encoder_end - t0), tokens
+
+
+@dataclass
+class Subject:
+    """One thing to measure: a loaded runner with its model."""
+
+    label: str
+    runner: object
+    encoder_decoder: bool
+    start_token: int = 0
+    cold: Repetition | None = None
+    warmups: list[Repetition] = field(default_factory=list)
+    reps: list[Repetition] = field(default_factory=list)
+    tokens: np.ndarray | None = None
+
+    @property
+    def measured_s(self) -> float:
+        return sum(r.timestamps_ns[-1] for r in self.reps) * 1e-9
+
+
+def make_inputs(settings: RunSettings, vocab: int) -> np.ndarray:
+    """Token ids from a fixed seed; no tokenizer in the timed path. Id 0 is avoided (padding)."""
+    rng = np.random.default_rng(settings.seed)
+    return rng.integers(1, vocab, size=(settings.batch, settings.input_len), dtype=np.int64)
+
+
+def measure(subjects: list[Subject], settings: RunSettings, inputs: dict[str, np.ndarray],
+            progress=None) -> None:
+    """Cold run, warm-ups, then interleaved repetitions until every subject has at least
+    `min_reps` repetitions and `min_time_s` of measured time (or `max_reps`)."""
+    run = lambda s: generate(s.runner, inputs[s.label], settings.output_len, s.encoder_decoder, s.start_token)
+    for s in subjects:
+        s.cold, s.tokens = run(s)
+    for _ in range(settings.warmup):
+        for s in subjects:
+            s.warmups.append(run(s)[0])
+
+    def pending(s: Subject) -> bool:
+        if len(s.reps) >= settings.max_reps:
+            return False
+        return len(s.reps) < settings.min_reps or s.measured_s < settings.min_time_s
+
+    while any(pending(s) for s in subjects):
+        for s in subjects:
+            if pending(s):
+                s.reps.append(run(s)[0])
+                if progress:
+                    progress(s.label, len(s.reps))
+
+
+def summarize_subject(subject: Subject, batch: int) -> tuple[dict, list[str]]:
+    """Metric statistics over the warm repetitions, plus the warnings a reader must see."""
+    per_rep = [r.metrics(batch) for r in subject.reps]
+    metrics = {name: summarize([m[name] for m in per_rep if m[name] is not None]) for name in per_rep[0]}
+    metrics["itl_s"] = summarize([x for r in subject.reps for x in r.itl_s()])
+    warnings = []
+    for name in ("ttft_s", "tpot_s"):
+        if is_noisy(metrics[name]):
+            m = metrics[name]
+            warnings.append(f"{name} is noisy: stdev {m['stdev']:.3g}s is {100 * m['stdev'] / m['mean']:.0f}% "
+                            f"of the mean over {m['count']} repetitions")
+    return metrics, warnings

@@ -1,0 +1,64 @@
+"""Runner registry. A new runtime is one module and one line here; a new device is a name in
+a runner's `devices` and, if it should be the default there, in DEFAULT_RUNTIMES.
+
+Runner modules import their runtime lazily, so importing this registry is cheap."""
+
+from __future__ import annotations
+
+from slmbench.errors import DeviceUnavailable, InvalidOption
+from slmbench.runners.base import Availability, LoadInfo, Runner
+from slmbench.runners.onnxruntime import OnnxRuntimeRunner
+
+RUNNERS: dict[str, type[Runner]] = {
+    OnnxRuntimeRunner.runtime: OnnxRuntimeRunner,
+}
+
+DEVICES = ("cpu", "cuda", "gpu", "npu")
+# Preference order per device: the first available one is the default.
+DEFAULT_RUNTIMES: dict[str, tuple[str, ...]] = {
+    "cpu": ("onnxruntime", "openvino", "torch"),
+    "cuda": ("onnxruntime", "torch"),
+    "gpu": ("openvino",),
+    "npu": ("openvino",),
+}
+
+
+def runtimes_for(device: str) -> list[str]:
+    return [r for r in DEFAULT_RUNTIMES.get(device, ()) if r in RUNNERS and device in RUNNERS[r].devices]
+
+
+def select_runner(device: str, runtime: str | None) -> type[Runner]:
+    """The runner class for a device (and optional runtime), or a one-line error saying why not."""
+    if device not in DEVICES:
+        raise InvalidOption(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    if runtime is not None:
+        if runtime not in RUNNERS:
+            raise InvalidOption(f"unknown runtime {runtime!r}; choose from {', '.join(RUNNERS)}")
+        cls = RUNNERS[runtime]
+        if device not in cls.devices:
+            raise InvalidOption(f"runtime {runtime} does not run on {device}; it runs on {', '.join(cls.devices)}")
+        found = cls.availability(device)
+        if not found.ok:
+            raise DeviceUnavailable(f"{runtime} on {device} is unavailable: {found.reason}")
+        return cls
+    candidates = runtimes_for(device)
+    reasons = []
+    for name in candidates:
+        found = RUNNERS[name].availability(device)
+        if found.ok:
+            return RUNNERS[name]
+        reasons.append(f"{name}: {found.reason}")
+    raise DeviceUnavailable(f"device {device} is unavailable here ({'; '.join(reasons) or 'no runtime'})")
+
+
+def device_table() -> list[dict]:
+    """Every runtime/device pair with its availability and reason (for `slmbench devices`)."""
+    rows = []
+    for name, cls in RUNNERS.items():
+        for device in cls.devices:
+            found = cls.availability(device)
+            rows.append({"runtime": name, "device": device, "available": found.ok, "reason": found.reason})
+    return rows
+
+
+__all__ = ["Availability", "DEVICES", "LoadInfo", "RUNNERS", "Runner", "device_table", "select_runner"]

@@ -1,0 +1,73 @@
+"""The runner contract: one runtime on one device.
+
+A runner prepares the artifact it needs, loads it, and offers the primitives the measurement loop
+is built on. The loop (slmbench.measure) owns timing; a runner owns synchronisation: `encode` and
+`decode` return only when their work is finished and, for `decode`, the next token ids are on
+the host. A runner reports the device that really executed, and refuses a silent fallback.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+
+
+@dataclass
+class LoadInfo:
+    load_s: float  # wall time from nothing to ready, compile included
+    compile_s: float | None  # session creation / model compile alone, where the runtime separates it
+    device_executed: str  # what the runtime says ran (never just the requested name)
+    device_info: dict = field(default_factory=dict)
+    runtime_version: str = ""
+    options: dict = field(default_factory=dict)  # every setting that affects speed, as applied
+
+
+class Runner(ABC):
+    runtime: ClassVar[str]
+    devices: ClassVar[tuple[str, ...]]
+    artifact_format: ClassVar[str]
+
+    def __init__(self, device: str, threads: int | None = None, options: dict | None = None):
+        self.device = device
+        self.threads = threads
+        self.options = dict(options or {})
+        self.family: str | None = None
+
+    @classmethod
+    @abstractmethod
+    def availability(cls, device: str) -> Availability:
+        """Whether this runtime can run on `device` here, and if not, why (one line)."""
+
+    @abstractmethod
+    def prepare(self, spec, precision: str, cache_dir=None, force: bool = False):
+        """Export (or reuse) the artifact this runner needs; returns (Artifact, reused)."""
+
+    @abstractmethod
+    def load(self, artifact) -> LoadInfo: ...
+
+    @abstractmethod
+    def start(self, input_ids: np.ndarray, max_new_tokens: int) -> None:
+        """Untimed per-request set-up: reset the KV cache, preallocate buffers."""
+
+    def encode(self, input_ids: np.ndarray) -> None:
+        """Encoder-decoder only: run the encoder (and the cross-attention K/V) to completion."""
+        raise NotImplementedError(f"{self.runtime} runner has no encoder for this model")
+
+    @abstractmethod
+    def decode(self, input_ids: np.ndarray) -> np.ndarray:
+        """Feed [batch, new] ids (the prompt, or one token), return the next ids [batch] on host."""
+
+    def peak_device_memory(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        """Release the runtime's resources."""

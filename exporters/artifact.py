@@ -1,0 +1,149 @@
+"""Artifacts: an export folder with a manifest, cached by content hash and verified before use.
+
+The cache key covers the model spec (architecture, weights, model code), the format, the
+precision recipe and the exporter's own code, so a second export of the same thing is a no-op and
+a changed exporter never reuses a stale graph. A truncated or altered file is detected from the
+sizes and SHA-256 digests in the manifest before any runtime touches it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from slmbench.models.spec import ModelSpec
+
+MANIFEST = "manifest.json"
+SCHEMA = 1
+
+
+class ArtifactError(RuntimeError):
+    """An artifact that is missing, incomplete or altered."""
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SLMBENCH_CACHE_DIR") or Path.home() / ".cache" / "slmbench" / "artifacts")
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def describe_files(folder: Path) -> dict[str, dict]:
+    return {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)}
+            for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    manifest: dict
+
+    @property
+    def family(self) -> str:
+        return self.manifest["family"]
+
+    @property
+    def key(self) -> str:
+        return self.manifest["artifact_key"]
+
+    def graph(self, role: str) -> dict:
+        return self.manifest["graphs"][role]
+
+    def graph_path(self, role: str) -> Path:
+        return self.path / self.graph(role)["file"]
+
+    @property
+    def weight_bytes(self) -> int:
+        return int(self.manifest.get("weight_bytes", 0))
+
+    @classmethod
+    def open(cls, path: Path | str, verify: bool = True) -> Artifact:
+        """Read and check an artifact folder; raise ArtifactError naming what is wrong."""
+        path = Path(path)
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise ArtifactError(f"{path} has no {MANIFEST}: not an slmbench artifact (re-export it)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ArtifactError(f"{path / MANIFEST} is corrupt ({exc}); delete the folder to re-export") from None
+        if manifest.get("schema") != SCHEMA or "files" not in manifest or "graphs" not in manifest:
+            raise ArtifactError(f"{path / MANIFEST} has an unknown schema; delete the folder to re-export")
+        if verify:
+            for name, info in manifest["files"].items():
+                file = path / name
+                if not file.is_file():
+                    raise ArtifactError(f"artifact file {file} is missing; delete {path} to re-export")
+                if file.stat().st_size != info["bytes"]:
+                    raise ArtifactError(f"artifact file {file} is truncated or altered "
+                                        f"({file.stat().st_size} bytes, manifest says {info['bytes']})")
+                if file_digest(file) != info["sha256"]:
+                    raise ArtifactError(f"artifact file {file} does not match its manifest digest (altered)")
+        return cls(path, manifest)
+
+
+def artifact_key(spec: ModelSpec, fmt: str, variant: dict, exporter_code: str) -> str:
+    payload = {"spec": spec.content_hash(), "format": fmt, "variant": variant, "exporter": exporter_code}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{spec.name.replace('/', '_').replace(':', '_')}-{fmt}-{digest}"
+
+
+def code_digest(*modules: str) -> str:
+    """Digest of exporter source files, so that a changed exporter invalidates its cache."""
+    h = hashlib.sha256()
+    for module in modules:
+        h.update(Path(module).read_bytes())
+    return h.hexdigest()[:16]
+
+
+ExportFn = Callable[[ModelSpec, Path, dict], dict]
+
+
+def ensure_artifact(spec: ModelSpec, fmt: str, variant: dict, export_fn: ExportFn, exporter_code: str,
+                    cache_dir: Path | None = None, force: bool = False) -> tuple[Artifact, bool]:
+    """Return (artifact, reused). Exports into a temporary folder and renames it into place, so an
+    interrupted export never leaves a half-written artifact behind. A corrupt cached artifact is
+    re-exported with a warning."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    key = artifact_key(spec, fmt, variant, exporter_code)
+    final = cache_dir / key
+    if final.exists() and not force:
+        try:
+            return Artifact.open(final), True
+        except ArtifactError as exc:
+            warnings.warn(f"re-exporting: {exc}", stacklevel=2)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
+    os.chmod(tmp, 0o755)
+    try:
+        started = time.perf_counter()
+        manifest = export_fn(spec, tmp, variant)
+        files = describe_files(tmp)
+        manifest.update({
+            "schema": SCHEMA, "format": fmt, "artifact_key": key, "model": spec.name,
+            "family": spec.family.value, "parameters": spec.parameters, "config": spec.config.to_dict(),
+            "source": spec.source, "seed": spec.seed, "spec_hash": spec.content_hash(), "variant": variant,
+            "files": files, "export_seconds": time.perf_counter() - started,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
+        manifest.setdefault("weight_bytes", sum(f["bytes"] for f in files.values()))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Artifact(final, manifest), False

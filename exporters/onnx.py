@@ -1,0 +1,184 @@
+"""ONNX export with the KV cache as explicit tensors.
+
+Graphs (all axes named below are dynamic):
+- decoder-only `decoder.onnx`: input_ids [batch, new], past_key.i / past_value.i
+  [batch, kv_heads, past, head_dim] -> logits [batch, vocab] (last position), next_token [batch]
+  (in-graph argmax, so a GPU runner brings only the token id to the host), present_key.i /
+  present_value.i [batch, kv_heads, past+new, head_dim]. A past of length 0 is the prefill.
+- encoder-decoder `encoder.onnx`: input_ids, attention_mask [batch, src] -> encoder_hidden_states
+  and cross_key.i / cross_value.i: the cross-attention K/V are computed once per request, here,
+  not once per token. `decoder.onnx` takes them plus encoder_attention_mask and the self-attention
+  cache as above.
+The legacy TorchScript exporter is used: it is quick and handles both families (DESIGN.md section 4).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from slmbench.exporters import parity
+from slmbench.exporters.artifact import Artifact, code_digest, ensure_artifact
+from slmbench.models.spec import ModelSpec
+
+OPSET = 17
+PRECISIONS = ("fp32",)
+
+
+def kv_names(layers: int, prefix: str) -> list[str]:
+    return [f"{prefix}_{kind}.{i}" for i in range(layers) for kind in ("key", "value")]
+
+
+def io_names(cfg) -> dict:
+    n = cfg.decoder_layers
+    decoder_in = ["input_ids"]
+    if cfg.is_encoder_decoder:
+        decoder_in += ["encoder_attention_mask", *kv_names(n, "cross")]
+    decoder_in += kv_names(n, "past")
+    graphs = {"decoder": {"file": "decoder.onnx", "inputs": decoder_in,
+                          "outputs": ["logits", "next_token", *kv_names(n, "present")]}}
+    if cfg.is_encoder_decoder:
+        graphs["encoder"] = {"file": "encoder.onnx", "inputs": ["input_ids", "attention_mask"],
+                             "outputs": ["encoder_hidden_states", *kv_names(n, "cross")]}
+    return graphs
+
+
+def kv_layout(cfg) -> dict:
+    return {"layout": ["batch", "kv_heads", "seq", "head_dim"], "layers": cfg.decoder_layers,
+            "kv_heads": cfg.kv_heads, "head_dim": cfg.head_dim, "seq_axis": 2,
+            "past": "past_{key,value}.{layer}", "present": "present_{key,value}.{layer}",
+            "cross": "cross_{key,value}.{layer}" if cfg.is_encoder_decoder else None}
+
+
+def _pairs(flat):
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
+def _flat(pairs):
+    return [t for kv in pairs for t in kv]
+
+
+def _wrappers(model, cfg):
+    import torch
+    from torch import nn
+
+    n = cfg.decoder_layers
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model  # registered, so the tracer sees parameters, not constants
+
+    class DecoderOnlyStep(Wrapper):
+        def forward(self, input_ids, *past):
+            logits, present = self.model(input_ids, _pairs(past))
+            return (logits, torch.argmax(logits, -1), *_flat(present))
+
+    class EncoderStep(Wrapper):
+        def forward(self, input_ids, attention_mask):
+            hidden = self.model.encode(input_ids, attention_mask)
+            return (hidden, *_flat(self.model.cross_kv(hidden)))
+
+    class EncoderDecoderStep(Wrapper):
+        def forward(self, input_ids, encoder_attention_mask, *kv):
+            cross, past = _pairs(kv[:2 * n]), _pairs(kv[2 * n:])
+            logits, present = self.model.decode(input_ids, encoder_attention_mask, cross, past)
+            return (logits, torch.argmax(logits, -1), *_flat(present))
+
+    return DecoderOnlyStep(), EncoderStep(), EncoderDecoderStep()
+
+
+def _export_graph(module, args, path: Path, inputs, outputs, dynamic: dict) -> None:
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, tuple(args), str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+
+
+def _axes(names, axes):
+    return {name: axes for name in names}
+
+
+def export_onnx(spec: ModelSpec, out: Path, variant: dict) -> dict:
+    """Export `spec` into `out`, check it with onnx.checker and against PyTorch; return the manifest."""
+    import onnx
+    import torch
+
+    cfg = spec.config
+    model = spec.build()
+    graphs = io_names(cfg)
+    decoder_only, encoder, encoder_decoder = _wrappers(model, cfg)
+    b, src, past_len = 2, 5, 3
+    kv_shape = (b, cfg.kv_heads, past_len, cfg.head_dim)
+    past = [torch.zeros(kv_shape) for _ in range(2 * cfg.decoder_layers)]
+    ids = torch.ones((b, 1), dtype=torch.int64)
+    kv_axes = {0: "batch", 2: "past"}
+    dec = graphs["decoder"]
+    dynamic = {"input_ids": {0: "batch", 1: "new"}, "logits": {0: "batch"}, "next_token": {0: "batch"},
+               **_axes(kv_names(cfg.decoder_layers, "past"), kv_axes),
+               **_axes(kv_names(cfg.decoder_layers, "present"), {0: "batch", 2: "total"})}
+    with torch.no_grad():
+        if cfg.is_encoder_decoder:
+            enc = graphs["encoder"]
+            src_ids = torch.ones((b, src), dtype=torch.int64)
+            mask = torch.ones((b, src), dtype=torch.int64)
+            _export_graph(encoder, [src_ids, mask], out / enc["file"], enc["inputs"], enc["outputs"],
+                          {"input_ids": {0: "batch", 1: "src"}, "attention_mask": {0: "batch", 1: "src"},
+                           "encoder_hidden_states": {0: "batch", 1: "src"},
+                           **_axes(kv_names(cfg.decoder_layers, "cross"), {0: "batch", 2: "src"})})
+            cross = [torch.zeros((b, cfg.kv_heads, src, cfg.head_dim)) for _ in range(2 * cfg.decoder_layers)]
+            dynamic.update({"encoder_attention_mask": {0: "batch", 1: "src"},
+                            **_axes(kv_names(cfg.decoder_layers, "cross"), {0: "batch", 2: "src"})})
+            _export_graph(encoder_decoder, [ids, mask, *cross, *past], out / dec["file"], dec["inputs"],
+                          dec["outputs"], dynamic)
+        else:
+            _export_graph(decoder_only, [ids, *past], out / dec["file"], dec["inputs"], dec["outputs"], dynamic)
+    for graph in graphs.values():
+        onnx.checker.check_model(str(out / graph["file"]))
+    result = parity.check(model, cfg, lambda p, f: ort_step_logits(out, graphs, cfg, p, f), "onnxruntime")
+    return {"graphs": graphs, "kv": kv_layout(cfg), "opset": OPSET, "precision": variant["precision"],
+            "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
+            "versions": {"torch": torch.__version__, "onnx": onnx.__version__}, "parity": result}
+
+
+def ort_step_logits(folder: Path, graphs: dict, cfg, prompt: np.ndarray, forced: np.ndarray):
+    """Per-step logits through plain ONNX Runtime sessions (the parity check's candidate side)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = lambda role: ort.InferenceSession(str(folder / graphs[role]["file"]), opts,
+                                                providers=["CPUExecutionProvider"])
+    batch = prompt.shape[0]
+    empty = np.zeros((batch, cfg.kv_heads, 0, cfg.head_dim), np.float32)
+    past = {name: empty for name in kv_names(cfg.decoder_layers, "past")}
+    fixed = {}
+    if cfg.is_encoder_decoder:
+        mask = np.ones_like(prompt)
+        enc_out = session("encoder").run(None, {"input_ids": prompt, "attention_mask": mask})
+        fixed = {"encoder_attention_mask": mask, **dict(zip(graphs["encoder"]["outputs"][1:], enc_out[1:]))}
+        tokens = np.full((batch, 1), cfg.decoder_start_token, np.int64)
+    else:
+        tokens = prompt
+    decoder = session("decoder")
+    present_names = kv_names(cfg.decoder_layers, "present")
+    logits = []
+    for i in range(forced.shape[1] + 1):
+        out = decoder.run(None, {"input_ids": tokens, **fixed, **past})
+        logits.append(out[0])
+        past = {p: o for p, o in zip(past, out[2:])}
+        assert list(past) == [n.replace("present", "past") for n in present_names]
+        if i < forced.shape[1]:
+            tokens = forced[:, i:i + 1]
+    return logits
+
+
+def onnx_artifact(spec: ModelSpec, precision: str = "fp32", cache_dir=None, force=False) -> tuple[Artifact, bool]:
+    if precision not in PRECISIONS:
+        raise ValueError(f"ONNX precision {precision!r} is not supported; choose from {', '.join(PRECISIONS)}")
+    return ensure_artifact(spec, "onnx", {"precision": precision}, export_onnx,
+                           code_digest(__file__, parity.__file__), cache_dir, force)

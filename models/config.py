@@ -1,0 +1,106 @@
+"""Typed architecture configuration, validated on construction (no side effects)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+
+
+class Family(str, enum.Enum):
+    ENCODER_DECODER = "encoder-decoder"
+    DECODER_ONLY = "decoder-only"
+
+
+class ConfigError(ValueError):
+    """An architecture or run configuration that cannot be built."""
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """One architecture. Both families are composed from the same block library.
+
+    `attn_heads * head_dim` is the attention inner width, which may differ from `hidden`
+    (Mu: hidden 1024, inner width 384).
+    """
+
+    family: Family
+    vocab_size: int
+    hidden: int
+    encoder_layers: int  # 0 for decoder-only
+    decoder_layers: int
+    attn_heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    gated_mlp: bool = False
+    activation: str = "gelu_tanh"  # "gelu_tanh" | "silu" | "relu"
+    mlp_bias: bool = True
+    norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_positions: int = 4096
+    tie_embeddings: bool = True
+    decoder_start_token: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "family", Family(self.family))
+        positive = ["vocab_size", "hidden", "decoder_layers", "attn_heads", "kv_heads", "head_dim", "ffn",
+                    "max_positions"]
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.family is Family.ENCODER_DECODER and self.encoder_layers <= 0:
+            raise ConfigError("an encoder-decoder needs encoder_layers > 0")
+        if self.family is Family.DECODER_ONLY and self.encoder_layers != 0:
+            raise ConfigError("a decoder-only model has encoder_layers = 0")
+        if self.attn_heads % self.kv_heads:
+            raise ConfigError(f"attn_heads ({self.attn_heads}) must be a multiple of kv_heads ({self.kv_heads})")
+        if self.head_dim % 2:
+            raise ConfigError("head_dim must be even for rotary embeddings")
+        if self.activation not in ("gelu_tanh", "silu", "relu"):
+            raise ConfigError(f"activation must be gelu_tanh, silu or relu, got {self.activation!r}")
+        if not 0 <= self.decoder_start_token < self.vocab_size:
+            raise ConfigError("decoder_start_token must be a token id")
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.family is Family.ENCODER_DECODER
+
+    @property
+    def kv_layers(self) -> int:
+        """Decoder layers, each holding one self-attention K and V cache."""
+        return self.decoder_layers
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["family"] = self.family.value
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ArchConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown architecture keys {unknown}; allowed: {sorted(known)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def parameter_count(self) -> int:
+        """Exact parameter count, computed from the config alone (no torch needed)."""
+        h, q, kv = self.hidden, self.attn_heads * self.head_dim, self.kv_heads * self.head_dim
+        attention = h * q + 2 * h * kv + q * h
+        up = (2 if self.gated_mlp else 1) * h * self.ffn
+        mlp = up + self.ffn * h
+        if self.mlp_bias:
+            mlp += (2 if self.gated_mlp else 1) * self.ffn + h
+        encoder_layer = attention + mlp + 2 * h
+        decoder_layer = attention + mlp + 2 * h
+        if self.is_encoder_decoder:
+            decoder_layer += attention + h  # cross-attention and its norm
+        embedding = self.vocab_size * h * (1 if self.tie_embeddings else 2)
+        final_norms = h * (2 if self.is_encoder_decoder else 1)
+        return (self.encoder_layers * encoder_layer + self.decoder_layers * decoder_layer
+                + embedding + final_norms)

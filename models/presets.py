@@ -1,0 +1,48 @@
+"""Preset architectures: the paper's encoder-decoder (Mu) and a decoder-only baseline built from
+the same block, stacked to the same parameter budget, at three budgets plus tiny test sizes.
+
+Mu (DESIGN.md section 2): 20 encoder / 10 decoder layers, hidden 1024, 6 query heads and 3 KV heads
+of 64 (inner width 384), MLP 1024->4096->1024 non-gated tanh-GELU with bias, RMSNorm 1e-6,
+RoPE 10000, vocabulary 32128 tied. The paper allows 1024 positions, 4096 with RoPE scaling; the
+presets admit 4096 so the input-scaling sweep reaches the paper's range.
+"""
+
+from __future__ import annotations
+
+from slmbench.models.config import ArchConfig, ConfigError, Family
+
+ED, DO = Family.ENCODER_DECODER, Family.DECODER_ONLY
+
+
+def _pair(size: str, hidden: int, heads: int, kv_heads: int, ffn: int, enc: int, dec: int,
+          deconly_layers: int, **common) -> dict[str, ArchConfig]:
+    shared = dict(vocab_size=32128, hidden=hidden, attn_heads=heads, kv_heads=kv_heads, head_dim=64, ffn=ffn,
+                  **common)
+    return {
+        f"mu-{size}": ArchConfig(family=ED, encoder_layers=enc, decoder_layers=dec, **shared),
+        f"deconly-{size}": ArchConfig(family=DO, encoder_layers=0, decoder_layers=deconly_layers, **shared),
+    }
+
+
+PRESETS: dict[str, ArchConfig] = {
+    **_pair("100m", hidden=640, heads=4, kv_heads=2, ffn=2560, enc=14, dec=7, deconly_layers=22),
+    **_pair("330m", hidden=1024, heads=6, kv_heads=3, ffn=4096, enc=20, dec=10, deconly_layers=31),
+    **_pair("1b", hidden=2048, heads=12, kv_heads=6, ffn=8192, enc=16, dec=8, deconly_layers=25),
+    # Tiny models for tests: about 2M parameters, attention inner width (64) != hidden (128).
+    "mu-tiny": ArchConfig(family=ED, vocab_size=8192, hidden=128, encoder_layers=2, decoder_layers=2,
+                          attn_heads=4, kv_heads=2, head_dim=16, ffn=512, max_positions=1024),
+    "deconly-tiny": ArchConfig(family=DO, vocab_size=8192, hidden=128, encoder_layers=0, decoder_layers=5,
+                               attn_heads=4, kv_heads=2, head_dim=16, ffn=512, max_positions=1024),
+}
+
+# The encoder-decoder each decoder-only preset is compared with (same budget).
+PAIRS: dict[str, str] = {"deconly-100m": "mu-100m", "deconly-330m": "mu-330m", "deconly-1b": "mu-1b",
+                         "deconly-tiny": "mu-tiny"}
+
+
+def get_preset(name: str) -> ArchConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; presets: {', '.join(PRESETS)} "
+                          "(or hf:PATH for a local checkpoint)") from None
