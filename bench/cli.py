@@ -35,6 +35,10 @@ class Group(click.Group):
     """Turns user errors into one line and exit 2, never a traceback."""
 
     def invoke(self, ctx):
+        import warnings
+
+        # Library warnings (a re-export, a noisy metric) reach the user as one plain line.
+        warnings.showwarning = lambda message, *args, **kwargs: click.echo(f"warning: {message}", err=True)
         try:
             return super().invoke(ctx)
         except _user_errors() as exc:
