@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 RESULTS ?= results/results.jsonl
 
-.PHONY: install run test test-all lint clean help
+.PHONY: install run test test-all lint clean help perf regress regress-baseline sweep-quick sweep-cpu sweep-gpu sweep-npu sweep-all report
 
 help:  ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -25,8 +25,58 @@ run: install  ## CPU benchmark of the paper's pair (mu-330m vs deconly-330m), ex
 test: install  ## the test suite (CPU, tiny models, a few minutes)
 	$(BIN)/python -m pytest -q
 
+# The CI regression gate (DESIGN.md section 3): the tiny pair measured interleaved (sweep file beside the
+# baseline) plus harness overhead, compared with the committed baseline on the same-run ratios, which
+# hold across machines; absolute times are shown as context when the environment matches. About 20 s.
+REGRESS_SWEEP    ?= results/baselines/regress.toml
+REGRESS_BASELINE ?= results/baselines/regress.jsonl
+REGRESS_OUT      ?= $(or $(TMPDIR),/tmp)/slmbench-regress
+# TTFT ratios get 1.25: on tiny models a TTFT is a few ms, the size of a lost time slice (see regress.toml).
+REGRESS_FLAGS    ?= --gate same-run --allow-env-mismatch --threshold ed_do_ttft=1.25 --threshold overhead_ttft=1.25
+regress_measure = rm -f $(1) && $(BIN)/slmbench sweep $(REGRESS_SWEEP) --results $(1) && \
+	$(BIN)/slmbench overhead -m mu-tiny -m deconly-tiny --threads 1 --input-len 64 --output-len 16 \
+		--min-reps 20 --min-time 1 --results $(1)
+
+regress: install  ## CI gate: measure the tiny set, compare with results/baselines/regress.jsonl, fail on a regression
+	$(call regress_measure,$(REGRESS_OUT)/candidate.jsonl)
+	$(BIN)/slmbench compare $(REGRESS_BASELINE) $(REGRESS_OUT)/candidate.jsonl $(REGRESS_FLAGS) --fail-on-regression
+
+regress-baseline: install  ## re-record the gate's baseline on this machine (then commit results/baselines/)
+	$(call regress_measure,$(REGRESS_BASELINE).new)
+	mv $(REGRESS_BASELINE).new $(REGRESS_BASELINE)
+
+# Sweeps (bench/sweeps/*.toml): each configuration in its own process; rerunning resumes, absent
+# devices are reported once and skipped. Each paper sweep writes results/<sweep>/results.jsonl and
+# its report beside it (results/<sweep>/report/report.md with figures/).
+sweep_and_report = $(BIN)/slmbench sweep $(1) --results results/$(1)/results.jsonl; status=$$?; \
+	if [ -s results/$(1)/results.jsonl ]; then \
+		$(BIN)/slmbench report results/$(1)/results.jsonl --out results/$(1)/report --title "slmbench: $(1)" \
+			|| status=$$?; fi; exit $$status
+
+sweep-quick: install  ## tiny pair on CPU (well under a minute): results/quick/
+	$(call sweep_and_report,quick)
+
+sweep-cpu: install  ## the paper's 330M pair on this CPU, ONNX Runtime + OpenVINO (~40 min on 2 cores): results/paper-cpu/
+	$(call sweep_and_report,paper-cpu)
+
+sweep-gpu: install  ## the 330M pair on a CUDA or Intel GPU (skipped when absent): results/paper-gpu/
+	$(call sweep_and_report,paper-gpu)
+
+sweep-npu: install  ## the 330M pair on an Intel NPU (skipped when absent): results/paper-npu/
+	$(call sweep_and_report,paper-npu)
+
+sweep-all: install  ## paper sweeps on every device present (absent ones are reported and skipped)
+	@status=0; for target in sweep-cpu sweep-gpu sweep-npu; do $(MAKE) --no-print-directory $$target || status=1; done; \
+		exit $$status
+
+report: install  ## one report over every results file under results/ (all hosts merged): results/report/
+	$(BIN)/slmbench report results --out results/report
+
 lint: install  ## ruff
 	$(BIN)/ruff check bench models exporters tests
+
+perf: install  ## harness overhead, roofline, export time and memory of the 330M pair on CPU (~15 min)
+	$(BIN)/python -m slmbench.perf --model mu-330m --model deconly-330m --runtime onnxruntime --runtime openvino
 
 clean:  ## remove the virtualenv and caches (not results, not the artifact cache)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -13,10 +13,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from slmbench.environment import environment
-from slmbench.measure import RunSettings, Subject, make_inputs, measure, summarize_subject
+from slmbench.exporters.precision import row_fields as precision_fields
+from slmbench.errors import DeviceUnavailable
+from slmbench.measure import RunSettings, Subject, generate, make_inputs, measure, summarize_subject
 from slmbench.memory import current_rss, peak_rss, reset_peak_rss
 from slmbench.models import ModelSpec
 from slmbench.results import SCHEMA, append_row, check_writable
+from slmbench.roofline import BYTES_PER_PARAM, row_roofline
 from slmbench.runners import select_runner
 
 
@@ -38,6 +41,7 @@ def run_benchmark(specs: list[ModelSpec], device: str = "cpu", runtime: str | No
     if results is not None:
         check_writable(results)
     runner_cls = select_runner(device, runtime)
+    options = runner_cls.run_options(device, settings, options)
     group = uuid.uuid4().hex[:12]
     subjects, loads, artifacts = [], {}, {}
     for spec in specs:
@@ -49,8 +53,7 @@ def run_benchmark(specs: list[ModelSpec], device: str = "cpu", runtime: str | No
         started = time.perf_counter()
         load = runner.load(artifact)
         load.load_s = time.perf_counter() - started
-        if load.device_executed.lower().split(":")[0] not in _device_aliases(device):
-            raise_device_mismatch(device, load.device_executed)
+        check_device(device, load.device_executed)
         rss_after = current_rss()
         loads[spec.name] = (load, (rss_after - rss_before) if rss_before and rss_after else None)
         subjects.append(Subject(spec.name, runner, spec.config.is_encoder_decoder,
@@ -59,7 +62,8 @@ def run_benchmark(specs: list[ModelSpec], device: str = "cpu", runtime: str | No
     reset_peak_rss()
     log(f"measuring {', '.join(s.label for s in subjects)}: batch {settings.batch}, input {settings.input_len}, "
         f"output {settings.output_len} (interleaved; >= {settings.min_reps} reps and >= {settings.min_time_s:g}s each)")
-    measure(subjects, settings, inputs, progress)
+    measure([subjects], settings, lambda s: generate(s.runner, inputs[s.label], settings.output_len,
+                                                     s.encoder_decoder, s.start_token), progress)
     peak = peak_rss()
     env = environment()
     rows = []
@@ -75,7 +79,8 @@ def run_benchmark(specs: list[ModelSpec], device: str = "cpu", runtime: str | No
             "status": "ok", "error": None,
             "model": spec.name, "family": spec.family.value, "parameters": spec.parameters,
             "device": device, "runtime": runner_cls.runtime, "runtime_version": load.runtime_version,
-            "precision": precision, "batch": settings.batch, "input_len": settings.input_len,
+            "precision": precision, **precision_fields(artifact.manifest, precision),
+            "batch": settings.batch, "input_len": settings.input_len,
             "output_len": settings.output_len, "threads": runner.threads,
             "mode": (options or {}).get("mode"),
             "device_executed": load.device_executed, "device_info": load.device_info,
@@ -91,14 +96,21 @@ def run_benchmark(specs: list[ModelSpec], device: str = "cpu", runtime: str | No
             "cold": {"timestamps_ns": subject.cold.timestamps_ns, "encoder_end_ns": subject.cold.encoder_end_ns},
             "warmup_count": len(subject.warmups),
             "warnings": warnings,
-            "artifact": {"key": artifact.key, "path": str(artifact.path), "format": artifact.manifest["format"],
+            "artifact": {"key": artifact.key, "path": str(artifact.path) if artifact.path else None,
+                         "format": artifact.manifest["format"],
                          "spec_hash": artifact.manifest["spec_hash"], "reused": reused,
                          "export_seconds": artifact.manifest.get("export_seconds"),
                          "opset": artifact.manifest.get("opset"),
-                         "parity_max_abs_diff": artifact.manifest["parity"]["max_abs_diff"],
+                         "parity_max_abs_diff": (artifact.manifest["parity"] or {}).get("max_abs_diff"),
                          "weight_bytes": artifact.weight_bytes, "variant": artifact.manifest.get("variant")},
             "environment": env,
         }
+        if precision in BYTES_PER_PARAM:
+            row["roofline"] = row_roofline(spec.config, precision, settings.input_len, settings.output_len,
+                                           runner.threads or 1)
+            tps = (metrics.get("decode_tps") or {}).get("median")
+            row["roofline"]["fraction_of_ceiling"] = (tps / settings.batch / row["roofline"]["ceiling_tokens_per_s"]
+                                                      if tps else None)
         rows.append(row)
     for subject in subjects:
         subject.runner.close()
@@ -108,13 +120,10 @@ def run_benchmark(specs: list[ModelSpec], device: str = "cpu", runtime: str | No
     return rows
 
 
-def _device_aliases(device: str) -> set[str]:
-    """Names a runtime may report for a device (ONNX Runtime reports execution providers)."""
-    return {"cpu": {"cpu", "cpuexecutionprovider"}, "cuda": {"cuda", "cudaexecutionprovider"},
-            "gpu": {"gpu"}, "npu": {"npu"}}.get(device, {device})
-
-
-def raise_device_mismatch(requested: str, executed: str):
-    from slmbench.errors import DeviceUnavailable
-
-    raise DeviceUnavailable(f"asked for {requested} but the runtime runs on {executed}; refusing to measure")
+def check_device(requested: str, executed: str) -> None:
+    """Refuse to measure when the runtime reports another device than the one asked for (a silent
+    fallback); ONNX Runtime reports execution providers, OpenVINO its EXECUTION_DEVICES."""
+    aliases = {"cpu": {"cpu", "cpuexecutionprovider"}, "cuda": {"cuda", "cudaexecutionprovider"},
+               "gpu": {"gpu"}, "npu": {"npu"}}.get(requested, {requested})
+    if executed.lower().split(":")[0].split(".")[0] not in aliases:
+        raise DeviceUnavailable(f"asked for {requested} but the runtime runs on {executed}; refusing to measure")

@@ -98,6 +98,19 @@ def _cache_option(f):
                         help="Artifact cache (default $SLMBENCH_CACHE_DIR or ~/.cache/slmbench/artifacts).")(f)
 
 
+def _trust_option(f):
+    """--trust-remote-code: an environment variable, so sweep worker processes inherit it."""
+    def remember(ctx, param, value):
+        if value:
+            import os
+
+            os.environ["SLMBENCH_TRUST_REMOTE_CODE"] = "1"  # read by slmbench.models.hf
+
+    return click.option("--trust-remote-code", is_flag=True, expose_value=False, callback=remember,
+                        help="Let hf: checkpoints run their own Python code (off by default; only code you "
+                             "trust).")(f)
+
+
 @cli.command()
 @click.option("--model", "-m", "model_names", multiple=True, default=DEFAULT_PAIR, show_default=True,
               help="Preset name or hf:PATH; repeat for several.")
@@ -106,6 +119,7 @@ def _cache_option(f):
 @click.option("--precision", "-p", default="fp32", show_default=True)
 @click.option("--force", is_flag=True, help="Re-export even when a valid cached artifact exists.")
 @_cache_option
+@_trust_option
 def export(model_names, runtime, precision, force, cache_dir):
     """Export models to runnable artifacts, check them against PyTorch, and cache them.
 
@@ -113,11 +127,14 @@ def export(model_names, runtime, precision, force, cache_dir):
     Example:
       slmbench export --model mu-tiny --model deconly-tiny
     """
+    from slmbench.errors import InvalidOption
     from slmbench.models import resolve_model
     from slmbench.runners import RUNNERS
 
     if runtime not in RUNNERS:
-        raise click.BadParameter(f"choose from {', '.join(RUNNERS)}", param_hint="--runtime")
+        raise InvalidOption(f"unknown runtime {runtime!r}; choose from {', '.join(RUNNERS)}")
+    if RUNNERS[runtime].artifact_format == "torch":
+        raise InvalidOption("the torch runner runs the PyTorch modules directly: there is nothing to export")
     for name in model_names:
         spec = resolve_model(name)
         artifact, reused = RUNNERS[runtime]("cpu").prepare(spec, precision, cache_dir, force)
@@ -125,6 +142,35 @@ def export(model_names, runtime, precision, force, cache_dir):
         state = "cached" if reused else f"exported in {artifact.manifest['export_seconds']:.1f}s"
         click.echo(f"{name}: {state} -> {artifact.path} (parity max |dlogit| {parity['max_abs_diff']:.2e}, "
                    f"tolerance {parity['tolerance']:g})")
+
+
+def _openvino_run_options(f):
+    """OpenVINO's few run options; they travel in run_benchmark's `options` (see runners/openvino.py)."""
+    f = click.option("--ov-cache-dir", type=click.Path(path_type=Path), default=None,
+                     help="OpenVINO CACHE_DIR: compiled blobs are cached there (cold vs warm compile).")(f)
+    f = click.option("--kv-cache-precision", default=None,
+                     help="OpenVINO KV cache precision (f32, f16, u8, ...; default f32).")(f)
+    return click.option("--ov-mode", type=click.Choice(["stateful", "static", "npuw"]), default=None,
+                        help="OpenVINO graphs: stateful KV (default on cpu/gpu), static shapes (default on "
+                             "npu), npuw (the NPU plugin's LLM pipeline, decoder-only).")(f)
+
+
+def _openvino_options(device, runtime, mode, kv_precision, cache_dir) -> dict | None:
+    """The user's OpenVINO options (the runner adds its defaults), or None for another runtime."""
+    from slmbench.errors import InvalidOption
+
+    given = [flag for flag, value in (("--ov-mode", mode), ("--kv-cache-precision", kv_precision),
+                                      ("--ov-cache-dir", cache_dir)) if value]
+    if not (runtime == "openvino" or (runtime is None and device in ("gpu", "npu"))):
+        if given:
+            raise InvalidOption(f"{', '.join(given)} apply to OpenVINO only; add --runtime openvino")
+        return None
+    options = {"mode": mode} if mode else {}
+    if kv_precision:
+        options["kv_cache_precision"] = kv_precision
+    if cache_dir:
+        options["ov_cache_dir"] = str(cache_dir)
+    return options
 
 
 @cli.command()
@@ -144,8 +190,10 @@ def export(model_names, runtime, precision, force, cache_dir):
 @click.option("--results", type=click.Path(path_type=Path), default=Path("results/results.jsonl"),
               show_default=True, help="JSON Lines file the rows are appended to.")
 @_cache_option
+@_trust_option
+@_openvino_run_options
 def run(model_names, device, runtime, precision, input_len, output_len, batch, threads, warmup, min_reps,
-        min_time, max_reps, results, cache_dir):
+        min_time, max_reps, results, cache_dir, ov_mode, kv_cache_precision, ov_cache_dir):
     """Measure TTFT and throughput; compare encoder-decoder with decoder-only in one interleaved run.
 
     \b
@@ -154,6 +202,7 @@ def run(model_names, device, runtime, precision, input_len, output_len, batch, t
       slmbench run --device cpu --model mu-330m --model deconly-330m --input-len 512 --output-len 128
       slmbench run --device npu                      # OpenVINO on an Intel NPU
       slmbench run -m mu-tiny -m deconly-tiny -i 64 -o 16 --min-time 1
+      slmbench run --runtime openvino -m deconly-330m -i 256 -o 64   # OpenVINO CPU, stateful KV
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -168,6 +217,7 @@ def run(model_names, device, runtime, precision, input_len, output_len, batch, t
     settings = RunSettings(batch=batch, input_len=input_len, output_len=output_len, warmup=warmup,
                            min_reps=min_reps, min_time_s=min_time, max_reps=max_reps)
     specs = [resolve_model(name) for name in model_names]
+    options = _openvino_options(device, runtime, ov_mode, kv_cache_precision, ov_cache_dir)
     console = _console()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
@@ -179,7 +229,7 @@ def run(model_names, device, runtime, precision, input_len, output_len, batch, t
             bar.update(tasks[label], completed=done, total=max(done, settings.min_reps))
 
         rows = run_benchmark(specs, device, runtime, precision, settings, threads, results, cache_dir,
-                             log=lambda msg: console.log(msg), progress=progress)
+                             options=options, log=lambda msg: console.log(msg), progress=progress)
     console.print(summary_table(rows))
     ratios = pair_ratios(rows)
     if ratios:
@@ -209,6 +259,181 @@ def devices():
         table.add_row(r["runtime"], r["device"], "[green]yes[/green]" if r["available"] else "[red]no[/red]",
                       r["reason"])
     _console().print(table)
+
+
+@cli.command()
+@click.argument("sweep_file")
+@click.option("--results", type=click.Path(path_type=Path), default=None,
+              help="JSON Lines file the rows are appended to (default results/<sweep name>/results.jsonl).")
+@click.option("--force", is_flag=True, help="Measure again what the results file already has.")
+@click.option("--timeout", type=float, default=None,
+              help="Seconds one configuration may take, export included (default: the file's timeout_s).")
+@click.option("--memory-limit", type=float, default=None,
+              help="GiB of address space per configuration (default: the file's, else the RAM on CPU).")
+@click.option("--inject-fault", hidden=True, default=None, help="Tests only: kind@key-substring;...")
+@_cache_option
+@_trust_option
+def sweep(sweep_file, results, force, timeout, memory_limit, inject_fault, cache_dir):
+    """Run a sweep file: each configuration in its own process, resumable, crash- and hang-proof.
+
+    SWEEP_FILE is a TOML path or a shipped sweep: quick, paper-cpu, paper-gpu, paper-npu,
+    input-scaling, budget-scaling. A configuration already in the results file is skipped; a crash,
+    hang or out-of-memory becomes a failed row and the sweep goes on; Ctrl-C keeps every completed
+    row (exit 130; run again to resume); absent devices are reported once and skipped. Exit 1 when
+    a configuration failed.
+
+    \b
+    Examples:
+      slmbench sweep quick
+      slmbench sweep paper-cpu                   # -> results/paper-cpu/results.jsonl
+      slmbench sweep my-grid.toml --results results/mine.jsonl --timeout 600
+    """
+    from slmbench.display import pair_ratios, ratio_table, summary_table
+    from slmbench.sweep import check_memory_limit, check_timeout, load_sweep
+    from slmbench.sweep_run import RichSweepProgress, SweepInterrupted, run_sweep
+
+    if timeout is not None:
+        check_timeout(timeout)
+    if memory_limit is not None:
+        check_memory_limit(memory_limit)
+    plan = load_sweep(sweep_file)
+    results = results or Path("results") / plan.name / "results.jsonl"
+    console = _console()
+    try:
+        with RichSweepProgress(console) as progress:
+            outcome = run_sweep(plan, results, force, timeout, memory_limit, cache_dir, inject_fault,
+                                progress)
+    except SweepInterrupted as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(130)
+    if outcome.rows:
+        console.print(summary_table(outcome.rows, title=f"sweep {plan.name}: rows written by this run"))
+        if ratios := pair_ratios(outcome.rows):
+            console.print(ratio_table(ratios))
+    console.print(f"sweep {plan.name}: {outcome.measured} configurations measured, {outcome.failed} failed, "
+                  f"{outcome.done_before} already done, {len(outcome.skipped)} runtime/device combinations "
+                  f"absent; {len(outcome.rows)} rows appended to {outcome.results}")
+    if outcome.failed:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("results_paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results/report"), show_default=True,
+              help="Folder for report.md and figures/ (PNG and SVG).")
+@click.option("--title", default="slmbench report", show_default=True)
+def report(results_paths, out, title):
+    """Markdown report with plots from result files or folders (several hosts merge into one).
+
+    \b
+    Examples:
+      slmbench report results/paper-cpu/results.jsonl --out results/paper-cpu/report
+      slmbench report results/ --out results/report
+    """
+    from slmbench.report import build_report, print_summary
+
+    built = build_report(results_paths, out, title)
+    print_summary(_console(), built)
+    click.echo(f"report: {built.markdown} with {len(built.figures)} figures (PNG and SVG) in "
+               f"{built.figures_dir}")
+
+
+@cli.command()
+@click.argument("baseline", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option("--threshold", "thresholds", multiple=True, metavar="METRIC=RATIO",
+              help="Minimum effect for a verdict, per metric (default 1.10 each); repeatable. Metrics: "
+                   "ttft_s, tpot_s, decode_tps, e2e_s, encoder_s, ed_do_ttft, ed_do_decode_tps, "
+                   "overhead_ttft, overhead_step.")
+@click.option("--alpha", type=float, default=0.002, show_default=True,
+              help="Mann-Whitney U significance level.")
+@click.option("--gate", type=click.Choice(["all", "same-run"]), default="all", show_default=True,
+              help="Which verdicts --fail-on-regression acts on: every metric, or only the same-run ratios "
+                   "(enc-dec/dec-only, harness/bare) that hold across machines.")
+@click.option("--fail-on-regression", is_flag=True, help="Exit 1 on a regression, a failed configuration, or "
+                                                         "when the gate could not decide anything.")
+@click.option("--allow-env-mismatch", is_flag=True,
+              help="Compare across different hardware or package versions (then only the same-run ratios "
+                   "are compared).")
+def compare(baseline, candidate, thresholds, alpha, gate, fail_on_regression, allow_env_mismatch):
+    """Compare two result files or folders: per configuration and metric, ratio, Mann-Whitney U p
+    and a verdict that needs both p < alpha and a ratio beyond the metric's threshold.
+
+    \b
+    Examples:
+      slmbench compare results/baselines/regress.jsonl new.jsonl
+      slmbench compare old/ new/ --threshold ttft_s=1.2 --fail-on-regression
+      slmbench compare base.jsonl cand.jsonl --gate same-run --allow-env-mismatch --fail-on-regression
+    """
+    from slmbench.compare import compare as run_compare
+    from slmbench.compare import comparison_table, context_line
+
+    report = run_compare(baseline, candidate, thresholds=thresholds, alpha=alpha,
+                         allow_env_mismatch=allow_env_mismatch)
+    console = _console()
+    if report.env_differences:
+        console.print("[yellow]environment differs from the baseline; only same-run ratios are compared:"
+                      "[/yellow] " + "; ".join(report.env_differences))
+    title = f"{baseline} -> {candidate}"
+    console.print(comparison_table(report, gate, title=title, gated_only=gate != "all"))
+    if gate != "all" and (context := context_line(report, gate)):
+        console.print(context)
+    for label, configs in (("only in the baseline", report.missing), ("only in the candidate", report.added)):
+        if configs:
+            console.print(f"{label}: {', '.join(configs)}")
+    counts = {}
+    for c in report.gated(gate):
+        counts[c.verdict] = counts.get(c.verdict, 0) + 1
+    tally = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+    console.print(f"gate '{gate}': {tally or 'nothing compared'}")
+    failures = report.gate_failures(gate)
+    if fail_on_regression and failures:
+        for reason in failures:
+            click.echo(f"gate failed: {reason}", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--model", "-m", "model_names", multiple=True, default=("mu-tiny", "deconly-tiny"),
+              show_default=True, help="Preset name or hf:PATH; repeat for several.")
+@click.option("--device", "-d", default="cpu", show_default=True)
+@click.option("--precision", "-p", default="fp32", show_default=True)
+@click.option("--input-len", "-i", type=int, default=64, show_default=True)
+@click.option("--output-len", "-o", type=int, default=16, show_default=True)
+@click.option("--threads", "-t", type=int, default=None, help="Runtime threads (default: physical cores).")
+@click.option("--warmup", type=int, default=2, show_default=True)
+@click.option("--min-reps", type=int, default=20, show_default=True, help="Minimum repetitions of each loop.")
+@click.option("--min-time", type=float, default=1.0, show_default=True,
+              help="Minimum measured seconds per loop.")
+@click.option("--max-reps", type=int, default=200, show_default=True)
+@click.option("--results", type=click.Path(path_type=Path), default=Path("results/results.jsonl"),
+              show_default=True, help="JSON Lines file the rows (loop=harness, loop=bare) are appended to.")
+@_cache_option
+def overhead(model_names, device, precision, input_len, output_len, threads, warmup, min_reps, min_time,
+             max_reps, results, cache_dir):
+    """Harness overhead: the harness's loop against a bare loop of ONNX Runtime's own calls on the same
+    session, repetitions interleaved; prints harness / bare for TTFT and TPOT.
+
+    \b
+    Example:
+      slmbench overhead -m deconly-tiny -t 1 --results /tmp/overhead.jsonl
+    """
+    from slmbench.errors import InvalidOption
+    from slmbench.measure import RunSettings
+    from slmbench.models import resolve_model
+    from slmbench.overhead import measure_overhead, overhead_table
+
+    if threads is not None and threads <= 0:
+        raise InvalidOption(f"--threads must be a positive integer, got {threads}")
+    settings = RunSettings(batch=1, input_len=input_len, output_len=output_len, warmup=warmup,
+                           min_reps=min_reps, min_time_s=min_time, max_reps=max_reps)
+    console = _console()
+    rows = []
+    for name in model_names:
+        rows += measure_overhead(resolve_model(name), settings, device, threads, precision, cache_dir,
+                                 results, log=lambda msg: console.log(msg))
+    console.print(overhead_table(rows))
+    console.print(f"{len(rows)} rows appended to {results}")
 
 
 def main() -> None:

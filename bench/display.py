@@ -23,18 +23,21 @@ def _m(row: dict, metric: str, stat: str = "median"):
 
 def summary_table(rows: list[dict], title: str = "slmbench results") -> Table:
     table = Table(title=title, title_justify="left")
-    for col in ("model", "family", "params", "runtime/device", "in/out", "TTFT p50", "TTFT p90", "encoder",
-                "TPOT p50", "decode tok/s", "e2e", "cold TTFT", "load", "reps"):
-        table.add_column(col, justify="left" if col in ("model", "family", "runtime/device") else "right")
+    for col in ("model", "family", "params", "runtime/device", "precision", "in/out", "TTFT p50", "TTFT p90",
+                "encoder", "TPOT p50", "decode tok/s", "e2e", "cold TTFT", "load", "reps"):
+        table.add_column(col, justify="left" if col in ("model", "family", "runtime/device", "precision")
+                         else "right")
     for r in rows:
         if r.get("status") != "ok":
             table.add_row(r.get("model", "?"), r.get("family", ""), "", f"{r.get('runtime')}/{r.get('device')}",
-                          f"{r.get('input_len')}/{r.get('output_len')}", f"[red]failed: {r.get('error')}[/red]")
+                          str(r.get("precision") or "-"), f"{r.get('input_len')}/{r.get('output_len')}",
+                          f"[red]failed: {r.get('error')}[/red]")
             continue
         tps = _m(r, "decode_tps")
         table.add_row(
             r["model"], r["family"], f"{r['parameters'] / 1e6:.0f}M", f"{r['runtime']}/{r['device']}",
-            f"{r['input_len']}/{r['output_len']}", fmt_s(_m(r, "ttft_s")), fmt_s(_m(r, "ttft_s", "p90")),
+            str(r.get("precision") or "-"), f"{r['input_len']}/{r['output_len']}", fmt_s(_m(r, "ttft_s")),
+            fmt_s(_m(r, "ttft_s", "p90")),
             fmt_s(_m(r, "encoder_s")), fmt_s(_m(r, "tpot_s")), f"{tps:.1f}" if tps else "-",
             fmt_s(_m(r, "e2e_s")), fmt_s(r.get("cold_ttft_s")), fmt_s(r.get("load_s")),
             str(_m(r, "ttft_s", "count") or "-"))
@@ -55,7 +58,8 @@ def pair_ratios(rows: list[dict]) -> list[dict]:
             tps_ed, tps_do = _m(ed, "decode_tps"), _m(do, "decode_tps")
             out.append({
                 "encoder_decoder": ed["model"], "decoder_only": do["model"], "runtime": ed["runtime"],
-                "device": ed["device"], "input_len": ed["input_len"], "output_len": ed["output_len"],
+                "device": ed["device"], "precision": ed.get("precision"), "input_len": ed["input_len"],
+                "output_len": ed["output_len"],
                 "ttft_reduction_pct": 100 * (1 - ttft_ed / ttft_do) if ttft_ed and ttft_do else None,
                 "throughput_ratio": tps_ed / tps_do if tps_ed and tps_do else None,
             })
@@ -65,11 +69,13 @@ def pair_ratios(rows: list[dict]) -> list[dict]:
 def ratio_table(ratios: list[dict]) -> Table:
     table = Table(title="encoder-decoder vs decoder-only (same run, interleaved; paper: 47% lower TTFT, "
                         "4.7x throughput)", title_justify="left")
-    for col in ("encoder-decoder", "decoder-only", "runtime/device", "in/out", "TTFT reduction", "throughput x"):
+    for col in ("encoder-decoder", "decoder-only", "runtime/device", "precision", "in/out", "TTFT reduction",
+                "throughput x"):
         table.add_column(col, justify="right" if col in ("TTFT reduction", "throughput x") else "left")
     for r in ratios:
         red, x = r["ttft_reduction_pct"], r["throughput_ratio"]
         table.add_row(r["encoder_decoder"], r["decoder_only"], f"{r['runtime']}/{r['device']}",
-                      f"{r['input_len']}/{r['output_len']}", f"{red:.0f}%" if red is not None else "-",
+                      str(r.get("precision") or "-"), f"{r['input_len']}/{r['output_len']}",
+                      f"{red:.0f}%" if red is not None else "-",
                       f"{x:.2f}x" if x is not None else "-")
     return table

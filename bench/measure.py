@@ -9,6 +9,7 @@ together are interleaved repetition by repetition, so machine drift hits them al
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -40,10 +41,11 @@ class RunSettings:
                 raise InvalidOption(f"{name} must be a positive integer, got {value!r}")
             if value > LIMITS.get(name, 1 << 30):
                 raise InvalidOption(f"{name} = {value} is beyond the supported {LIMITS[name]}")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
+        if not isinstance(self.warmup, int) or isinstance(self.warmup, bool) or self.warmup < 0:
             raise InvalidOption(f"warmup must be an integer >= 0, got {self.warmup!r}")
-        if not isinstance(self.min_time_s, int | float) or self.min_time_s < 0:
-            raise InvalidOption(f"min_time_s must be >= 0 seconds, got {self.min_time_s!r}")
+        if (not isinstance(self.min_time_s, int | float) or isinstance(self.min_time_s, bool)
+                or not math.isfinite(self.min_time_s) or self.min_time_s < 0):
+            raise InvalidOption(f"min_time_s must be a finite number of seconds >= 0, got {self.min_time_s!r}")
         if self.max_reps < self.min_reps:
             raise InvalidOption(f"max_reps ({self.max_reps}) must be >= min_reps ({self.min_reps})")
 
@@ -140,11 +142,19 @@ def make_inputs(settings: RunSettings, vocab: int) -> np.ndarray:
     return rng.integers(1, vocab, size=(settings.batch, settings.input_len), dtype=np.int64)
 
 
-def measure(subjects: list[Subject], settings: RunSettings, inputs: dict[str, np.ndarray],
-            progress=None) -> None:
-    """Cold run, warm-ups, then interleaved repetitions until every subject has at least
-    `min_reps` repetitions and `min_time_s` of measured time (or `max_reps`)."""
-    run = lambda s: generate(s.runner, inputs[s.label], settings.output_len, s.encoder_decoder, s.start_token)
+def measure(groups: list[list[Subject]], settings: RunSettings, run, progress=None, seed: int = 0) -> None:
+    """Cold run and warm-ups of every subject, then rounds of one repetition each until every
+    subject has `min_reps` repetitions and `min_time_s` of measured time (or `max_reps`).
+
+    `run(subject)` returns (Repetition, tokens). Each round runs the groups in a fresh random
+    order, and each group's members (the sides of a same-run ratio) back to back, also in random
+    order: members stay moments apart, so their per-repetition ratio cancels the machine's drift,
+    and a periodic disturbance (another job's time slice) cannot land on the same subject round
+    after round, so under no real difference the repetitions are exchangeable, as the rank tests
+    of the regression gate assume.
+    """
+    rng = np.random.default_rng(seed)
+    subjects = [s for group in groups for s in group]
     for s in subjects:
         s.cold, s.tokens = run(s)
     for _ in range(settings.warmup):
@@ -157,11 +167,13 @@ def measure(subjects: list[Subject], settings: RunSettings, inputs: dict[str, np
         return len(s.reps) < settings.min_reps or s.measured_s < settings.min_time_s
 
     while any(pending(s) for s in subjects):
-        for s in subjects:
-            if pending(s):
-                s.reps.append(run(s)[0])
-                if progress:
-                    progress(s.label, len(s.reps))
+        for g in rng.permutation(len(groups)):
+            for i in rng.permutation(len(groups[g])):
+                s = groups[g][i]
+                if pending(s):
+                    s.reps.append(run(s)[0])
+                    if progress:
+                        progress(s.label, len(s.reps))
 
 
 def summarize_subject(subject: Subject, batch: int) -> tuple[dict, list[str]]:

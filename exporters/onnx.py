@@ -21,10 +21,11 @@ import numpy as np
 
 from slmbench.exporters import parity
 from slmbench.exporters.artifact import Artifact, code_digest, ensure_artifact
+from slmbench.exporters.precision import check_supported, onnx_recipe
 from slmbench.models.spec import ModelSpec
 
 OPSET = 17
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "fp16", "int8", "int4")  # fp32 here; the others derive from it (quantize_onnx.py)
 
 
 def kv_names(layers: int, prefix: str) -> list[str]:
@@ -87,7 +88,8 @@ def _wrappers(model, cfg):
             logits, present = self.model.decode(input_ids, encoder_attention_mask, cross, past)
             return (logits, torch.argmax(logits, -1), *_flat(present))
 
-    return DecoderOnlyStep(), EncoderStep(), EncoderDecoderStep()
+    # eval(): the tracer restores the wrappers' training flag onto the model afterwards (dropout!)
+    return DecoderOnlyStep().eval(), EncoderStep().eval(), EncoderDecoderStep().eval()
 
 
 def _export_graph(module, args, path: Path, inputs, outputs, dynamic: dict) -> None:
@@ -142,7 +144,9 @@ def export_onnx(spec: ModelSpec, out: Path, variant: dict) -> dict:
     result = parity.check(model, cfg, lambda p, f: ort_step_logits(out, graphs, cfg, p, f), "onnxruntime")
     return {"graphs": graphs, "kv": kv_layout(cfg), "opset": OPSET, "precision": variant["precision"],
             "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
-            "versions": {"torch": torch.__version__, "onnx": onnx.__version__}, "parity": result}
+            "versions": {"torch": torch.__version__, "onnx": onnx.__version__}, "parity": result,
+            "reference_parity": getattr(model, "reference_parity", None),
+            "precision_recipe": onnx_recipe("fp32", cfg).to_dict()}
 
 
 def ort_step_logits(folder: Path, graphs: dict, cfg, prompt: np.ndarray, forced: np.ndarray):
@@ -178,7 +182,10 @@ def ort_step_logits(folder: Path, graphs: dict, cfg, prompt: np.ndarray, forced:
 
 
 def onnx_artifact(spec: ModelSpec, precision: str = "fp32", cache_dir=None, force=False) -> tuple[Artifact, bool]:
-    if precision not in PRECISIONS:
-        raise ValueError(f"ONNX precision {precision!r} is not supported; choose from {', '.join(PRECISIONS)}")
+    check_supported("onnx", precision, "onnxruntime")
+    if precision != "fp32":
+        from slmbench.exporters.quantize_onnx import quantized_onnx_artifact
+
+        return quantized_onnx_artifact(spec, precision, cache_dir, force)
     return ensure_artifact(spec, "onnx", {"precision": precision}, export_onnx,
                            code_digest(__file__, parity.__file__), cache_dir, force)

@@ -82,12 +82,21 @@ class Attention(nn.Module):
         out = torch.matmul(probs, v.unsqueeze(2))  # [B,Hkv,G,T,D]
         return self.o_proj(out.reshape(b, self.heads, t, d).transpose(1, 2).reshape(b, t, self.heads * d))
 
-    def self_attention(self, x, cos, sin, allowed, past_k=None, past_v=None):
-        """Returns (output, keys, values) where keys/values include the past (the new cache)."""
+    def self_attention(self, x, cos, sin, allowed, past_k=None, past_v=None, cache_len=None):
+        """Returns (output, keys, values) where keys/values include the past (the new cache).
+
+        With `cache_len` (eager PyTorch only; exports never pass it) past_k/past_v are preallocated
+        [B, Hkv, max_len, D] buffers holding `cache_len` filled rows: the new rows are written in
+        place after them and attention reads the filled prefix, so no tensor grows per step."""
         q = apply_rotary(self._split(self.q_proj(x), self.heads), cos, sin)
         k, v = self.project_kv(x)
         k = apply_rotary(k, cos, sin)
-        if past_k is not None:
+        if cache_len is not None:
+            end = cache_len + k.shape[2]
+            past_k[:, :, cache_len:end] = k
+            past_v[:, :, cache_len:end] = v
+            k, v = past_k[:, :, :end], past_v[:, :, :end]
+        elif past_k is not None:
             k = torch.cat([past_k, k], dim=2)
             v = torch.cat([past_v, v], dim=2)
         return self.attend(q, k, v, allowed), k, v
@@ -144,8 +153,9 @@ class DecoderLayer(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, allowed, past_k, past_v, cross_k=None, cross_v=None, cross_allowed=None):
-        h, k, v = self.attn.self_attention(self.attn_norm(x), cos, sin, allowed, past_k, past_v)
+    def forward(self, x, cos, sin, allowed, past_k, past_v, cross_k=None, cross_v=None, cross_allowed=None,
+                cache_len=None):
+        h, k, v = self.attn.self_attention(self.attn_norm(x), cos, sin, allowed, past_k, past_v, cache_len)
         x = x + h
         if self.cross is not None:
             x = x + self.cross.cross_attention(self.cross_norm(x), cross_k, cross_v, cross_allowed)

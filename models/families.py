@@ -7,6 +7,8 @@ Step interface (what the exporters wrap):
   `EncoderDecoder.cross_kv(hidden)` -> [(k, v) per decoder layer], computed once per request;
   `EncoderDecoder.decode(input_ids, encoder_mask, cross, past, ...)` -> as DecoderOnly.forward.
 A past of length 0 is allowed, so one graph serves the prompt (prefill) and every later step.
+Eager callers may pass `cache_len=n` with preallocated [B, kv_heads, max_len, head_dim] buffers as
+`past` (n rows filled): new rows are written in place and the returned K/V are views of the buffers.
 """
 
 from __future__ import annotations
@@ -52,15 +54,16 @@ class _LanguageModel(nn.Module):
         t = input_ids.shape[1]
         return (torch.arange(t, device=input_ids.device) + past_len)[None].expand(input_ids.shape[0], t)
 
-    def _run_decoder(self, input_ids, past: KV, position_ids, attention_mask, cross=None, cross_allowed=None):
-        past_len = past[0][0].shape[2]
+    def _run_decoder(self, input_ids, past: KV, position_ids, attention_mask, cross=None, cross_allowed=None,
+                     cache_len=None):
+        past_len = past[0][0].shape[2] if cache_len is None else cache_len
         x = self.embed(input_ids)
         cos, sin = self.rotary(self._decoder_positions(input_ids, past_len, position_ids), x.dtype)
         allowed = causal_allowed(past_len, input_ids.shape[1], attention_mask, x.device)
         present = []
         for i, layer in enumerate(self.decoder):
             ck, cv = cross[i] if cross is not None else (None, None)
-            x, k, v = layer(x, cos, sin, allowed, past[i][0], past[i][1], ck, cv, cross_allowed)
+            x, k, v = layer(x, cos, sin, allowed, past[i][0], past[i][1], ck, cv, cross_allowed, cache_len)
             present.append((k, v))
         return self._logits(x), present
 
@@ -70,8 +73,8 @@ class DecoderOnly(_LanguageModel):
         super().__init__(cfg)
         self.decoder = nn.ModuleList(DecoderLayer(cfg, cross=False) for _ in range(cfg.decoder_layers))
 
-    def forward(self, input_ids, past: KV, position_ids=None, attention_mask=None):
-        return self._run_decoder(input_ids, past, position_ids, attention_mask)
+    def forward(self, input_ids, past: KV, position_ids=None, attention_mask=None, cache_len=None):
+        return self._run_decoder(input_ids, past, position_ids, attention_mask, cache_len=cache_len)
 
 
 class EncoderDecoder(_LanguageModel):
@@ -96,8 +99,10 @@ class EncoderDecoder(_LanguageModel):
     def cross_kv(self, hidden: torch.Tensor) -> KV:
         return [layer.cross.project_kv(hidden) for layer in self.decoder]
 
-    def decode(self, input_ids, encoder_mask, cross: KV, past: KV, position_ids=None, attention_mask=None):
-        return self._run_decoder(input_ids, past, position_ids, attention_mask, cross, key_allowed(encoder_mask))
+    def decode(self, input_ids, encoder_mask, cross: KV, past: KV, position_ids=None, attention_mask=None,
+               cache_len=None):
+        return self._run_decoder(input_ids, past, position_ids, attention_mask, cross,
+                                 key_allowed(encoder_mask), cache_len)
 
     def forward(self, input_ids, attention_mask, decoder_input_ids):
         """Whole-sequence teacher forcing (used to cross-check the step interface)."""

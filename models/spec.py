@@ -60,6 +60,11 @@ class ModelSpec:
                 "ffn": c.ffn, "vocab": c.vocab_size, "source": self.source}
 
 
-def resolve_model(name: str, seed: int = 0) -> ModelSpec:
-    """A preset name; checkpoint sources are resolved by their own modules."""
+def resolve_model(name: str, seed: int = 0, trust_remote_code: bool | None = None) -> ModelSpec:
+    """A preset name, or `hf:PATH_OR_ID` for a Hugging Face checkpoint (resolved by models/hf.py;
+    `trust_remote_code` None means the SLMBENCH_TRUST_REMOTE_CODE environment variable decides)."""
+    if name.startswith("hf:"):
+        from slmbench.models.hf import resolve_hf
+
+        return resolve_hf(name, trust_remote_code)
     return ModelSpec(name=name, config=get_preset(name), seed=seed)

@@ -8,9 +8,13 @@ from __future__ import annotations
 from slmbench.errors import DeviceUnavailable, InvalidOption
 from slmbench.runners.base import Availability, LoadInfo, Runner
 from slmbench.runners.onnxruntime import OnnxRuntimeRunner
+from slmbench.runners.openvino import OpenVinoRunner
+from slmbench.runners.torch import TorchRunner
 
 RUNNERS: dict[str, type[Runner]] = {
     OnnxRuntimeRunner.runtime: OnnxRuntimeRunner,
+    OpenVinoRunner.runtime: OpenVinoRunner,
+    TorchRunner.runtime: TorchRunner,
 }
 
 DEVICES = ("cpu", "cuda", "gpu", "npu")

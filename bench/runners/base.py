@@ -47,6 +47,12 @@ class Runner(ABC):
     def availability(cls, device: str) -> Availability:
         """Whether this runtime can run on `device` here, and if not, why (one line)."""
 
+    @classmethod
+    def run_options(cls, device: str, settings, options: dict | None) -> dict:
+        """The options a run really uses: the user's plus this runtime's defaults for the device
+        and shapes. One place, so `run` and sweep rows of the same thing share a key."""
+        return dict(options or {})
+
     @abstractmethod
     def prepare(self, spec, precision: str, cache_dir=None, force: bool = False):
         """Export (or reuse) the artifact this runner needs; returns (Artifact, reused)."""

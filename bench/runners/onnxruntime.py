@@ -1,8 +1,11 @@
 """ONNX Runtime runner (CPU; CUDA where onnxruntime-gpu is installed).
 
 The KV cache never leaves the runtime between steps: IOBinding binds each step's present K/V
-OrtValues as the next step's past, and the encoder's cross K/V once per request. Only the
-in-graph argmax (`next_token`) is copied to the host per step.
+OrtValues (allocated on the run device) as the next step's past, and the encoder's cross K/V and
+mask once per request. Only the in-graph argmax (`next_token`, bound to host memory) is copied to
+the host per step; logits stay on the device. Run() synchronises the execution provider before it
+returns (ONNX Runtime's default), so a returned token is final. The empty past takes the dtype
+the decoder graph declares, so fp16 artifacts work unchanged.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from slmbench.errors import DeviceUnavailable
 from slmbench.runners.base import Availability, LoadInfo, Runner
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 def default_threads() -> int:
@@ -38,8 +42,8 @@ class OnnxRuntimeRunner(Runner):
         if provider is None:
             return Availability(False, f"onnxruntime runs on {', '.join(cls.devices)}, not {device}")
         if provider not in ort.get_available_providers():
-            hint = ("install onnxruntime-gpu in place of onnxruntime (pip install slmbench[cuda]; "
-                    "exactly one of the two may be installed)") if device == "cuda" else ""
+            hint = ("install onnxruntime-gpu in place of onnxruntime (the cuda extra; exactly one of the "
+                    "two may be installed: README, section CUDA)") if device == "cuda" else ""
             return Availability(False, f"onnxruntime {ort.__version__} has no {provider}"
                                        + (f"; {hint}" if hint else ""))
         if device == "cuda":
@@ -65,7 +69,9 @@ class OnnxRuntimeRunner(Runner):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         provider = _PROVIDERS[self.device]
-        session = ort.InferenceSession(str(path), opts, providers=[provider])
+        # fp32 means IEEE fp32 on every runtime; the CUDA EP would otherwise use TF32 matmuls
+        options = {"use_tf32": "0"} if self.device == "cuda" else {}
+        session = ort.InferenceSession(str(path), opts, providers=[(provider, options)])
         got = session.get_providers()
         check_provider(provider, got)
         return session
@@ -85,12 +91,15 @@ class OnnxRuntimeRunner(Runner):
         self.ort_device = "cuda" if self.device == "cuda" else "cpu"
         self.binding = self.decoder.io_binding()
         self.past_names = [n for n in self.graphs["decoder"]["inputs"] if n.startswith("past_")]
+        self.kv_dtype = past_dtype(self.decoder, self.past_names)
         self.present_names = [n for n in self.graphs["decoder"]["outputs"] if n.startswith("present_")]
-        info = {"providers": self.decoder.get_providers()}
+        info = {"providers": self.decoder.get_providers(), "kv_dtype": np.dtype(self.kv_dtype).name}
         if self.device == "cuda":
-            from slmbench.runners.cuda import cuda_device_info
+            from slmbench.runners.cuda import cuda_device_info, ort_cuda_build
 
             info.update(cuda_device_info())
+            info.update(ort_cuda_build())
+            info["provider_options"] = self.decoder.get_provider_options().get(_PROVIDERS["cuda"], {})
         return LoadInfo(load_s=compile_s, compile_s=compile_s, device_executed=self.decoder.get_providers()[0],
                         device_info=info, runtime_version=ort.__version__,
                         options={"intra_op_num_threads": self.threads, "inter_op_num_threads": 1,
@@ -106,7 +115,7 @@ class OnnxRuntimeRunner(Runner):
         b = self.binding
         b.clear_binding_inputs()
         b.clear_binding_outputs()
-        empty = np.zeros((batch, self.kv["kv_heads"], 0, self.kv["head_dim"]), np.float32)
+        empty = np.zeros((batch, self.kv["kv_heads"], 0, self.kv["head_dim"]), self.kv_dtype)
         for name in self.past_names:
             b.bind_ortvalue_input(name, self._ortvalue(empty))
         self._bind_outputs()
@@ -114,10 +123,11 @@ class OnnxRuntimeRunner(Runner):
         self._step_value = self._ortvalue(self._step_ids) if self.device == "cpu" else None
 
     def _bind_outputs(self) -> None:
-        """Let ORT allocate each output afresh: the present K/V grows by one row per step."""
+        """Let ORT allocate each output afresh: the present K/V grows by one row per step. All stay
+        on the run device except next_token, the one thing the host needs."""
         self.binding.clear_binding_outputs()
         for name in self.graphs["decoder"]["outputs"]:
-            self.binding.bind_output(name, self.ort_device)
+            self.binding.bind_output(name, "cpu" if name == "next_token" else self.ort_device)
 
     def encode(self, input_ids: np.ndarray) -> None:
         mask = np.ones_like(input_ids)
@@ -127,8 +137,9 @@ class OnnxRuntimeRunner(Runner):
         for name in self.graphs["encoder"]["outputs"]:
             enc.bind_output(name, self.ort_device)
         self.encoder.run_with_iobinding(enc)
+        enc.synchronize_outputs()  # the encoder time ends when its outputs are ready
         outputs = dict(zip(self.graphs["encoder"]["outputs"], enc.get_outputs()))
-        self.binding.bind_cpu_input("encoder_attention_mask", mask)
+        self.binding.bind_ortvalue_input("encoder_attention_mask", self._ortvalue(mask))  # on device, once
         for name, value in outputs.items():
             if name.startswith("cross_"):
                 self.binding.bind_ortvalue_input(name, value)
@@ -147,8 +158,61 @@ class OnnxRuntimeRunner(Runner):
         self._bind_outputs()
         return outputs[1].numpy()
 
+    def bare_generate(self, input_ids: np.ndarray, output_len: int, start_token: int = 0):
+        """The floor for harness overhead (slmbench.overhead): the generation measure.generate does,
+        on the same session, binding and buffers, as a plain loop of ONNX Runtime's own calls with
+        nothing of the harness between them. Its bindings must stay in step with decode().
+        Returns (Repetition, tokens) with raw timestamps, like measure.generate."""
+        from slmbench.measure import Repetition
+
+        self.start(input_ids, output_len)  # untimed per-request set-up, as for the harness
+        b, run, clock = self.binding, self.decoder.run_with_iobinding, time.perf_counter_ns
+        past, step_ids, step_value = self.past_names, self._step_ids, self._step_value
+        targets = [(n, "cpu" if n == "next_token" else self.ort_device)
+                   for n in self.graphs["decoder"]["outputs"]]
+        first = (np.full((input_ids.shape[0], 1), start_token, np.int64) if self.encoder is not None
+                 else np.ascontiguousarray(input_ids))
+        tokens = np.empty((input_ids.shape[0], output_len), np.int64)
+        stamps = [0] * (output_len + 1)
+        encoder_end = None
+        t0 = stamps[0] = clock()
+        if self.encoder is not None:
+            self.encode(input_ids)  # the encoder's runtime calls, once per request
+            encoder_end = clock()
+        b.bind_cpu_input("input_ids", first)
+        for i in range(output_len):
+            run(b)
+            out = b.get_outputs()
+            for name, value in zip(past, out[2:], strict=False):
+                b.bind_ortvalue_input(name, value)
+            b.clear_binding_outputs()
+            for name, where in targets:
+                b.bind_output(name, where)
+            step_ids[:, 0] = tokens[:, i] = out[1].numpy()
+            stamps[i + 1] = clock()
+            if i == 0:
+                if step_value is not None:
+                    b.bind_ortvalue_input("input_ids", step_value)  # shares step_ids' buffer
+                else:
+                    b.bind_cpu_input("input_ids", step_ids)
+            elif step_value is None:
+                b.bind_cpu_input("input_ids", step_ids)
+        return Repetition([s - t0 for s in stamps], None if encoder_end is None else encoder_end - t0), tokens
+
     def close(self) -> None:
         self.decoder = self.encoder = self.binding = None
+
+
+def past_dtype(session, past_names: list[str]):
+    """The numpy dtype of the decoder's past K/V inputs, as the graph declares it (fp32 or fp16)."""
+    from slmbench.exporters.artifact import ArtifactError
+
+    types = {i.name: i.type for i in session.get_inputs() if i.name in past_names}
+    found = {types[n] for n in past_names if n in types}
+    if len(found) != 1 or next(iter(found)) not in _FLOAT_TYPES:
+        raise ArtifactError(f"decoder past K/V inputs have types {sorted(found) or 'none'}; expected one of "
+                            f"{', '.join(_FLOAT_TYPES)} (re-export the artifact)")
+    return _FLOAT_TYPES[found.pop()]
 
 
 def check_provider(requested: str, got: list[str]) -> None:

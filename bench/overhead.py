@@ -1,0 +1,142 @@
+"""Harness overhead: the harness's generation loop against a bare loop of the runtime's own calls.
+
+A latency harness must measure the model, not itself. On one loaded runner (same session, same
+bindings and buffers) this alternates harness repetitions (slmbench.measure.generate over the
+runner's primitives) with bare ones (the runner's `bare_generate`: the runtime's calls in a plain
+loop), in a shuffled order each round so neither side always runs first. Both record the same
+raw timestamps, so the same metrics apply; harness / bare per repetition is a same-run ratio
+that holds across machines, which is what the regression gate compares (slmbench.compare:
+overhead_ttft, and overhead_step from each repetition's median inter-token latency).
+
+Two rows come out, sharing a `group`: `loop` = "harness" and "bare", both with `overhead_of` =
+the configuration's plain key.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from slmbench.benchmark import check_device, config_key
+from slmbench.environment import environment
+from slmbench.errors import InvalidOption
+from slmbench.measure import RunSettings, Subject, generate, make_inputs, measure, summarize_subject
+from slmbench.results import SCHEMA, append_row, check_writable
+
+
+def _loop(subject: Subject, runner, ids: np.ndarray, settings: RunSettings):
+    if subject.label == "bare":
+        return runner.bare_generate(ids, settings.output_len, subject.start_token)
+    return generate(runner, ids, settings.output_len, subject.encoder_decoder, subject.start_token)
+
+
+def measure_overhead(spec, settings: RunSettings | None = None, device: str = "cpu",
+                     threads: int | None = None, precision: str = "fp32", cache_dir=None,
+                     results: Path | str | None = None, runner_cls=None, log=print) -> list[dict]:
+    """Measure one model's harness and bare loops interleaved; return (and append) two rows."""
+    from slmbench.runners.onnxruntime import OnnxRuntimeRunner
+
+    settings = settings or RunSettings(input_len=64, output_len=16, min_reps=15, min_time_s=1.0)
+    settings.check_fits(spec.name, spec.config)
+    runner_cls = runner_cls or OnnxRuntimeRunner
+    if not hasattr(runner_cls, "bare_generate"):
+        raise InvalidOption(f"runtime {runner_cls.runtime} has no bare loop to measure harness overhead "
+                            "against; use --runtime onnxruntime")
+    if results is not None:
+        check_writable(results)
+    runner = runner_cls(device, threads)
+    log(f"preparing {spec.name} for {runner_cls.runtime}/{device} ({precision})")
+    artifact, _ = runner.prepare(spec, precision, cache_dir)
+    started = time.perf_counter()
+    load = runner.load(artifact)
+    load.load_s = time.perf_counter() - started
+    check_device(device, load.device_executed)
+    ed, start = spec.config.is_encoder_decoder, spec.config.decoder_start_token
+    sides = [Subject("harness", runner, ed, start), Subject("bare", runner, ed, start)]
+    ids = make_inputs(settings, spec.config.vocab_size)
+    log(f"measuring harness vs bare {runner_cls.runtime} loop on {spec.name}: input {settings.input_len}, "
+        f"output {settings.output_len} (interleaved, shuffled; >= {settings.min_reps} reps and "
+        f">= {settings.min_time_s:g}s each)")
+    try:
+        measure([sides], settings, lambda s: _loop(s, runner, ids, settings))
+    finally:
+        runner.close()
+    harness, bare = sides
+    if not np.array_equal(harness.tokens, bare.tokens):
+        raise RuntimeError(f"the bare {runner_cls.runtime} loop generated other tokens than the harness on "
+                           f"{spec.name}: it is not the same work, so the overhead figure would be "
+                           "meaningless")
+    group, env = uuid.uuid4().hex[:12], environment()
+    plain = config_key(spec.name, device, runner_cls.runtime, precision, settings, runner.threads)
+    rows = []
+    for subject in sides:
+        metrics, warnings = summarize_subject(subject, settings.batch)
+        rows.append({
+            "schema": SCHEMA, "run_id": uuid.uuid4().hex[:12], "group": group,
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "key": config_key(spec.name, device, runner_cls.runtime, precision, settings, runner.threads,
+                              {"loop": subject.label}),
+            "overhead_of": plain, "loop": subject.label, "status": "ok", "error": None,
+            "model": spec.name, "family": spec.family.value, "parameters": spec.parameters,
+            "device": device, "runtime": runner_cls.runtime, "runtime_version": load.runtime_version,
+            "precision": precision, "batch": settings.batch, "input_len": settings.input_len,
+            "output_len": settings.output_len, "threads": runner.threads,
+            "device_executed": load.device_executed, "runtime_options": load.options,
+            "settings": asdict(settings), "metrics": metrics,
+            "cold_ttft_s": subject.cold.metrics(settings.batch)["ttft_s"], "load_s": load.load_s,
+            "tokens_generated": subject.reps[0].tokens,
+            "repetitions": [{"timestamps_ns": r.timestamps_ns, "encoder_end_ns": r.encoder_end_ns}
+                            for r in subject.reps],
+            "warmup_count": len(subject.warmups), "warnings": warnings,
+            "artifact": {"key": artifact.key, "spec_hash": artifact.manifest["spec_hash"]},
+            "environment": env,
+        })
+    if results is not None:
+        for row in rows:
+            append_row(results, row)
+    return rows
+
+
+def overhead_ratios(rows: list[dict]) -> list[dict]:
+    """Per model: median of the per-repetition harness / bare ratios of TTFT and of the decode step
+    (median inter-token latency)."""
+    from slmbench.compare import collect
+
+    samples = collect(rows)
+    out = []
+    for row in rows:
+        if row.get("loop") != "harness":
+            continue
+        found = {m: samples.series.get((row["overhead_of"], m)) for m in ("overhead_ttft", "overhead_step")}
+        bare = next((r for r in rows if r.get("loop") == "bare" and r.get("group") == row.get("group")), None)
+        if bare is None:
+            continue
+        med = lambda r, m: ((r.get("metrics") or {}).get(m) or {}).get("median")
+        out.append({"model": row["model"], "config": row["overhead_of"],
+                    "harness_ttft_s": med(row, "ttft_s"), "bare_ttft_s": med(bare, "ttft_s"),
+                    "harness_tpot_s": med(row, "tpot_s"), "bare_tpot_s": med(bare, "tpot_s"),
+                    **{m: float(np.median(s.values)) if s else None for m, s in found.items()},
+                    "reps": len(row.get("repetitions") or [])})
+    return out
+
+
+def overhead_table(rows: list[dict]):
+    from rich.table import Table
+
+    from slmbench.display import fmt_s
+
+    table = Table(title="harness overhead: harness loop vs bare runtime loop (same session, interleaved; "
+                        "ratio = median of per-repetition harness/bare; goal <= 1.03x)", title_justify="left")
+    for col in ("model", "TTFT harness", "TTFT bare", "TTFT ratio", "TPOT harness", "TPOT bare", "step ratio",
+                "reps"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    x = lambda v: f"{v:.3f}x" if v is not None else "-"
+    for r in overhead_ratios(rows):
+        table.add_row(r["model"], fmt_s(r["harness_ttft_s"]), fmt_s(r["bare_ttft_s"]), x(r["overhead_ttft"]),
+                      fmt_s(r["harness_tpot_s"]), fmt_s(r["bare_tpot_s"]), x(r["overhead_step"]),
+                      str(r["reps"]))
+    return table

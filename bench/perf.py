@@ -1,0 +1,174 @@
+"""`make perf`: is the harness at the runtime's floor, and the runtime near the memory wall?
+
+Prints, for a model pair on CPU and each runtime that has a bare loop:
+- harness overhead: the harness's TTFT and decode step against a bare loop of the runtime's own
+  calls on the same session and buffers (goal <= 1.03x);
+- roofline: read bandwidth measured on the spot, weight and KV bytes read per decode token, the
+  bandwidth ceiling in tokens/s and the measured decode tokens/s as a fraction of it (goal >= 0.8
+  for fp32 decoder-only on the faster runtime);
+- export time of the pair from an empty cache (goal < 3 min) and a cache hit (goal < 1 s);
+- peak RSS while generating, against the artifact's weight bytes (goal <= 1.5x), each model in
+  its own process so nothing else is counted.
+Figures are printed and appended as one JSON line to --out. Speed claims live here, not in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+GOALS = {"overhead": 1.03, "roofline": 0.8, "export_s": 180.0, "cache_hit_s": 1.0, "rss_ratio": 1.5}
+
+
+def _export_times(specs, runtimes, cache_dir: Path) -> dict:
+    from slmbench.runners import RUNNERS
+
+    out = {}
+    for runtime in runtimes:
+        runner = RUNNERS[runtime]("cpu")
+        started = time.perf_counter()
+        for spec in specs:
+            runner.prepare(spec, "fp32", cache_dir)
+        cold = time.perf_counter() - started
+        started = time.perf_counter()
+        reused = [runner.prepare(spec, "fp32", cache_dir)[1] for spec in specs]
+        out[runtime] = {"export_s": cold, "cache_hit_s": time.perf_counter() - started, "reused": all(reused)}
+    return out
+
+
+def _peak_rss(model: str, runtime: str, input_len: int, output_len: int, threads: int, cache_dir: Path) -> dict:
+    """One model alone in a child process: the row's peak RSS while generating (set after load) and
+    the child's lifetime peak (load included)."""
+    import resource
+
+    with tempfile.TemporaryDirectory() as tmp:
+        results = Path(tmp) / "rss.jsonl"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        subprocess.run([sys.executable, "-m", "slmbench.cli", "run", "-m", model, "-r", runtime, "-i", str(input_len),
+                        "-o", str(output_len), "-t", str(threads), "--warmup", "0", "--min-reps", "1",
+                        "--min-time", "0", "--results", str(results), "--cache-dir", str(cache_dir)],
+                       check=True, capture_output=True)
+        lifetime = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        row = json.loads(results.read_text().splitlines()[-1])
+    weights = row["artifact"]["weight_bytes"]
+    return {"model": model, "runtime": runtime, "weight_bytes": weights, "run_peak_rss_bytes": row["peak_rss_bytes"],
+            "run_ratio": row["peak_rss_bytes"] / weights,
+            "process_peak_rss_bytes": lifetime if lifetime > before * 1024 else None}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "-m", "models", multiple=True, default=("mu-330m", "deconly-330m"), show_default=True)
+@click.option("--runtime", "-r", "runtimes", multiple=True, default=("onnxruntime", "openvino"), show_default=True)
+@click.option("--input-len", "-i", type=int, default=256, show_default=True)
+@click.option("--output-len", "-o", type=int, default=64, show_default=True)
+@click.option("--threads", "-t", type=int, default=None, help="Default: physical cores.")
+@click.option("--min-reps", type=int, default=5, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results/perf/perf.jsonl"), show_default=True)
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Artifact cache for the runs (the export timing always uses a fresh temporary cache).")
+def main(models, runtimes, input_len, output_len, threads, min_reps, out, cache_dir):
+    """Harness overhead, roofline, export time and memory of a model pair on CPU.
+
+    \b
+    Example:
+      python -m slmbench.perf -m mu-330m -m deconly-330m -r onnxruntime -r openvino
+    """
+    import psutil
+    from rich.console import Console
+    from rich.table import Table
+
+    from slmbench.environment import environment
+    from slmbench.measure import RunSettings
+    from slmbench.models import resolve_model
+    from slmbench.overhead import measure_overhead, overhead_ratios
+    from slmbench.roofline import host_bandwidth, row_roofline
+    from slmbench.runners import RUNNERS
+
+    console = Console(width=160)
+    threads = threads or psutil.cpu_count(logical=False) or 1
+    specs = [resolve_model(m) for m in models]
+    runtimes = [r for r in runtimes if r in RUNNERS and RUNNERS[r].availability("cpu").ok]
+    summary = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": list(models), "threads": threads,
+               "input_len": input_len, "output_len": output_len, "environment": environment(), "goals": GOALS}
+
+    bandwidth = host_bandwidth(threads, refresh=True)
+    summary["bandwidth"] = bandwidth
+    console.print(f"memory bandwidth ({threads} threads, {bandwidth['buffer_bytes'] >> 20} MiB): read "
+                  f"{bandwidth['read_bytes_per_s'] / 1e9:.1f} GB/s, copy {bandwidth['copy_bytes_per_s'] / 1e9:.1f} GB/s")
+
+    with tempfile.TemporaryDirectory(prefix="slmbench-perf-") as fresh:
+        console.print("exporting the pair into an empty cache ...")
+        summary["export"] = _export_times(specs, runtimes, Path(fresh))
+        run_cache = cache_dir or Path(fresh)
+        if cache_dir:
+            _export_times(specs, runtimes, cache_dir)  # warm the run cache too
+        table = Table(title="export (empty cache) and re-export (cache hit)", title_justify="left")
+        for col in ("runtime", "pair export", "goal", "cache hit", "goal"):
+            table.add_column(col, justify="right" if col != "runtime" else "left")
+        for runtime, e in summary["export"].items():
+            table.add_row(runtime, f"{e['export_s']:.1f} s", f"< {GOALS['export_s']:.0f} s",
+                          f"{e['cache_hit_s']:.2f} s", f"< {GOALS['cache_hit_s']:.0f} s")
+        console.print(table)
+
+        settings = RunSettings(input_len=input_len, output_len=output_len, warmup=1, min_reps=min_reps,
+                               min_time_s=0.0)
+        speed = []
+        for runtime in runtimes:
+            cls = RUNNERS[runtime]
+            for spec in specs:
+                if not hasattr(cls, "bare_generate"):
+                    console.print(f"[yellow]{runtime} has no bare loop: overhead not measured[/yellow]")
+                    break
+                rows = measure_overhead(spec, settings, "cpu", threads, "fp32", run_cache, None, cls,
+                                        log=lambda m: console.log(m))
+                ratio = overhead_ratios(rows)[0]
+                harness = next(r for r in rows if r["loop"] == "harness")
+                roof = row_roofline(spec.config, "fp32", input_len, output_len, threads)
+                tps = harness["metrics"]["decode_tps"]["median"]
+                speed.append({"runtime": runtime, "model": spec.name, "family": spec.family.value,
+                              "overhead_ttft": ratio["overhead_ttft"], "overhead_step": ratio["overhead_step"],
+                              "ttft_s": harness["metrics"]["ttft_s"]["median"], "decode_tps": tps, **roof,
+                              "fraction_of_ceiling": tps / roof["ceiling_tokens_per_s"]})
+        summary["speed"] = speed
+        table = Table(title=f"harness overhead and roofline (input {input_len}, output {output_len}, fp32, "
+                            f"batch 1, {threads} threads)", title_justify="left")
+        for col in ("runtime", "model", "TTFT", "TTFT ratio", "step ratio", "bytes/token", "ceiling tok/s",
+                    "decode tok/s", "of ceiling"):
+            table.add_column(col, justify="left" if col in ("runtime", "model") else "right")
+        for s in speed:
+            ok = lambda v, goal, below=True: f"[{'green' if (v <= goal if below else v >= goal) else 'red'}]"
+            table.add_row(s["runtime"], s["model"], f"{s['ttft_s'] * 1e3:.0f} ms",
+                          ok(s["overhead_ttft"], GOALS["overhead"]) + f"{s['overhead_ttft']:.3f}x",
+                          ok(s["overhead_step"], GOALS["overhead"]) + f"{s['overhead_step']:.3f}x",
+                          f"{s['bytes_per_token'] / 1e6:.0f} MB", f"{s['ceiling_tokens_per_s']:.1f}",
+                          f"{s['decode_tps']:.1f}", f"{100 * s['fraction_of_ceiling']:.0f}%")
+        console.print(table)
+
+        memory = [_peak_rss(spec.name, runtime, input_len, output_len, threads, run_cache)
+                  for runtime in runtimes for spec in specs]
+        summary["memory"] = memory
+        table = Table(title="peak RSS while generating vs artifact weight bytes (each model alone)",
+                      title_justify="left")
+        for col in ("runtime", "model", "weights", "peak RSS (run)", "ratio", "peak RSS (process, load incl.)"):
+            table.add_column(col, justify="left" if col in ("runtime", "model") else "right")
+        for m in memory:
+            colour = "green" if m["run_ratio"] <= GOALS["rss_ratio"] else "red"
+            table.add_row(m["runtime"], m["model"], f"{m['weight_bytes'] / 1e9:.2f} GB",
+                          f"{m['run_peak_rss_bytes'] / 1e9:.2f} GB", f"[{colour}]{m['run_ratio']:.2f}x",
+                          f"{m['process_peak_rss_bytes'] / 1e9:.2f} GB" if m["process_peak_rss_bytes"] else "-")
+        console.print(table)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a") as f:
+        f.write(json.dumps(summary, sort_keys=True) + "\n")
+    console.print(f"perf summary appended to {out}")
+
+
+if __name__ == "__main__":
+    main()

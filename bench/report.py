@@ -1,0 +1,353 @@
+"""The Markdown report: tables, the figures embedded, the claims checked, failures listed.
+
+`build_report(results, out)` reads result files or folders (from any number of hosts), writes
+`out/report.md` and `out/figures/*.png|svg`, and returns what it wrote; `print_summary` shows the
+same tables in the terminal. Failed rows are listed, never plotted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from slmbench.analysis import PAPER_NOTE, PAPER_THROUGHPUT_RATIO, PAPER_TTFT_REDUCTION_PCT, ReportData, build
+from slmbench.display import fmt_s
+from slmbench.errors import BenchError
+from slmbench.results import read_rows
+
+CAPTIONS = {
+    "ttft_vs_input": "Time to first token against input length, one panel per device (and host).",
+    "throughput_vs_input": "Decode throughput (batch / time per output token) against input length.",
+    "speedup": "Encoder-decoder over decoder-only per shape: TTFT reduction and decode throughput ratio, "
+    "with 95% bootstrap CIs from the repetitions of the same interleaved run.",
+    "ttft_breakdown": "Where the time goes: encoder, first decoder step (the prefill, for decoder-only) and "
+    "the remaining tokens.",
+    "itl_cdf": "Inter-token latency distribution at the largest input length measured for both families.",
+    "token_latency": "Latency of each generated token against its position (token 1, the TTFT, not shown).",
+    "claims": "The paper's 47% and 4.7x beside the measured values, per device and runtime.",
+}
+
+
+@dataclass
+class BuiltReport:
+    markdown: Path
+    figures_dir: Path
+    figures: dict[str, Path] = field(default_factory=dict)
+    not_drawn: list[str] = field(default_factory=list)
+    data: ReportData | None = None
+
+
+def _ci(value, low, high, fmt: str, suffix: str = "") -> str:
+    if value is None or not np.isfinite(value):
+        return "-"
+    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
+        return f"{value:{fmt}}{suffix}"
+    return f"{value:{fmt}}{suffix} [{low:{fmt}}, {high:{fmt}}]"
+
+
+def _md_table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "_none_\n"
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append(
+            "| "
+            + " | ".join(
+                "-"
+                if v is None or (isinstance(v, float) and not np.isfinite(v))
+                else str(v).replace("|", "\\|").replace("\n", " ")
+                for v in row
+            )
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def ratio_rows(data: ReportData) -> pd.DataFrame:
+    """The comparison table, formatted."""
+    r = data.ratios
+    if r.empty:
+        return pd.DataFrame()
+    r = r.sort_values(["platform", "runtime", "precision", "encoder_decoder", "input_len", "output_len"])
+    return pd.DataFrame(
+        {
+            "pair": r["encoder_decoder"] + " vs " + r["decoder_only"],
+            "device": r["platform"],
+            "runtime": r["runtime"],
+            "precision": r["precision"],
+            "in/out": r["input_len"].astype(str) + "/" + r["output_len"].astype(str),
+            "TTFT ed": r["ttft_ed_s"].map(fmt_s),
+            "TTFT do": r["ttft_do_s"].map(fmt_s),
+            "TTFT reduction [95% CI]": [
+                _ci(v, lo, hi, ".1f", "%")
+                for v, lo, hi in zip(
+                    r["ttft_reduction_pct"], r["ttft_reduction_low"], r["ttft_reduction_high"], strict=True
+                )
+            ],
+            "tok/s ed": r["tps_ed"].map(lambda v: f"{v:.1f}"),
+            "tok/s do": r["tps_do"].map(lambda v: f"{v:.1f}"),
+            "throughput ratio [95% CI]": [
+                _ci(v, lo, hi, ".2f", "x")
+                for v, lo, hi in zip(
+                    r["throughput_ratio"], r["throughput_ratio_low"], r["throughput_ratio_high"], strict=True
+                )
+            ],
+            "reps": r["reps_ed"].astype(str) + "/" + r["reps_do"].astype(str),
+        }
+    )
+
+
+def config_rows(data: ReportData) -> pd.DataFrame:
+    c = data.configs
+    if c.empty:
+        return pd.DataFrame()
+    return pd.DataFrame(
+        {
+            "model": c["model"],
+            "device": c["platform"],
+            "runtime": c["runtime"],
+            "precision": c["precision"],
+            "batch": c["batch"],
+            "in/out": c["input_len"].astype(str) + "/" + c["output_len"].astype(str),
+            "TTFT p50": c["ttft_s_median"].map(fmt_s),
+            "TTFT p90": c["ttft_s_p90"].map(fmt_s),
+            "encoder": c["encoder_s_median"].map(lambda v: fmt_s(v) if pd.notna(v) else "-"),
+            "TPOT p50": c["tpot_s_median"].map(lambda v: fmt_s(v) if pd.notna(v) else "-"),
+            "decode tok/s": c["decode_tps_median"].map(lambda v: f"{v:.1f}" if pd.notna(v) else "-"),
+            "cold TTFT": c["cold_ttft_s"].map(lambda v: fmt_s(v) if pd.notna(v) else "-"),
+            "reps": c["ttft_s_count"].map(lambda v: str(int(v)) if pd.notna(v) else "-"),
+            "host": c["host"],
+        }
+    )
+
+
+_PRECISION_ORDER = {"fp32": 0, "bf16": 1, "fp16": 2, "int8": 3, "int4": 4}
+
+
+def accuracy_rows(data: ReportData) -> pd.DataFrame:
+    """Each artifact's logit error against fp32 PyTorch (teacher-forced), once per model, runtime and
+    precision: what a lower precision costs in accuracy, beside what it buys in speed."""
+    seen, out = set(), []
+    for r in data.rows:
+        acc, recipe = r.get("accuracy") or {}, r.get("precision_recipe") or {}
+        key = (r.get("model"), r.get("runtime"), r.get("precision"), (r.get("artifact") or {}).get("key"))
+        if not acc or key in seen:
+            continue
+        seen.add(key)
+        rel, agree = acc.get("relative_max_abs_diff"), acc.get("token_agreement")
+        out.append({
+            "model": r["model"], "runtime": r["runtime"], "precision": r["precision"],
+            "max abs Δlogit": f"{acc['max_abs_diff']:.2e}" if acc.get("max_abs_diff") is not None else "-",
+            "÷ logit std": f"{rel:.3f}" if rel is not None else "-",
+            "token agreement": f"{agree:.1%}" if agree is not None else "-",
+            "steps x batch": f"{acc.get('steps', '-')} x {acc.get('batch', '-')}",
+            "recipe": " ".join(str(x) for x in (recipe.get("tool"), recipe.get("tool_version")) if x)
+            + (f"; {recipe['weights']}" if recipe.get("weights") else ""),
+        })
+    if not out:
+        return pd.DataFrame()
+    frame = pd.DataFrame(out)
+    order = frame["precision"].map(lambda p: _PRECISION_ORDER.get(p, 9))
+    return frame.assign(_o=order).sort_values(["model", "runtime", "_o"]).drop(columns="_o")
+
+
+def claims_text(data: ReportData) -> list[str]:
+    """One sentence per device/runtime/pair: what was measured, against the paper, whatever the outcome."""
+    r = data.ratios
+    if r.empty:
+        return [
+            "No encoder-decoder / decoder-only pair was measured in one run, so the claims are not checked."
+        ]
+    lines = []
+    for (platform, runtime, precision, ed, do), s in r.groupby(
+        ["platform", "runtime", "precision", "encoder_decoder", "decoder_only"]
+    ):
+        s = s.sort_values(["input_len", "output_len"])
+        red = "; ".join(
+            f"{_ci(v, lo, hi, '.0f', '%')} at {i}/{o}"
+            for v, lo, hi, i, o in zip(
+                s["ttft_reduction_pct"],
+                s["ttft_reduction_low"],
+                s["ttft_reduction_high"],
+                s["input_len"],
+                s["output_len"],
+                strict=True,
+            )
+        )
+        thr = "; ".join(
+            f"{_ci(v, lo, hi, '.2f', 'x')} at {i}/{o}"
+            for v, lo, hi, i, o in zip(
+                s["throughput_ratio"],
+                s["throughput_ratio_low"],
+                s["throughput_ratio_high"],
+                s["input_len"],
+                s["output_len"],
+                strict=True,
+            )
+        )
+        lines.append(
+            f"**{ed} vs {do} on {platform} ({runtime}, {precision})**: TTFT reduction {red} (input/output "
+            f"tokens); decode throughput ratio {thr}. Against the paper's {PAPER_TTFT_REDUCTION_PCT:g}% "
+            f"TTFT reduction: {_verdict(s, 'ttft_reduction_pct', 'ttft_reduction', PAPER_TTFT_REDUCTION_PCT)}"
+            "; "
+            f"against its {PAPER_THROUGHPUT_RATIO:g}x throughput: "
+            f"{_verdict(s, 'throughput_ratio', 'throughput_ratio', PAPER_THROUGHPUT_RATIO)}."
+        )
+    return lines
+
+
+def _verdict(s: pd.DataFrame, value: str, ci: str, paper: float) -> str:
+    """How many shapes' 95% CIs lie below, around or above the paper's figure."""
+    below = around = above = unknown = 0
+    for _, lo, hi in zip(s[value], s[f"{ci}_low"], s[f"{ci}_high"], strict=True):
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            unknown += 1
+        elif hi < paper:
+            below += 1
+        elif lo > paper:
+            above += 1
+        else:
+            around += 1
+    parts = [
+        f"{n} {what}"
+        for n, what in (
+            (below, "below (whole CI under it)"),
+            (around, "consistent (CI contains it)"),
+            (above, "above (whole CI over it)"),
+            (unknown, "without a CI (too few repetitions)"),
+        )
+        if n
+    ]
+    return f"of {len(s)} shapes, " + ", ".join(parts)
+
+
+def _failed_table(data: ReportData) -> pd.DataFrame:
+    f = data.failed
+    if f.empty:
+        return f
+    return pd.DataFrame(
+        {
+            "model": f["model"],
+            "runtime/device": f["runtime"] + "/" + f["device"],
+            "precision": f["precision"],
+            "batch": f["batch"],
+            "in/out": f["input_len"].astype(str) + "/" + f["output_len"].astype(str),
+            "kind": f["kind"],
+            "error": f["error"].astype(str).str.slice(0, 300),
+            "host": f["host"],
+        }
+    )
+
+
+def _hosts_table(data: ReportData) -> pd.DataFrame:
+    h = data.hosts
+    if h.empty:
+        return h
+    return h.rename(columns={"ok_rows": "ok rows", "failed_rows": "failed rows", "slmbench_commit": "commit"})
+
+
+def render_markdown(
+    data: ReportData, figures: dict[str, Path], not_drawn: list[str], title: str, figures_rel: str
+) -> str:
+    parts = [
+        f"# {title}\n",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M %Z')} by `slmbench report` from "
+        f"{len(data.rows)} measured configurations ({len(data.failed)} failed) in: "
+        + ", ".join(f"`{s}`" for s in data.sources)
+        + ".\n",
+        "## Hosts: which machine measured what\n",
+        _md_table(_hosts_table(data)),
+        "\n## Encoder-decoder vs decoder-only, measured in the same run\n",
+        "Each pair's repetitions were interleaved in one process, so machine drift hits both alike; "
+        "ratios are of medians, with 95% bootstrap CIs from the raw per-repetition timestamps "
+        "(each side resampled independently). TTFT reduction = 1 - TTFT(ed) / TTFT(do); throughput "
+        "ratio = decode tok/s (ed) / decode tok/s (do).\n",
+        _md_table(ratio_rows(data)),
+        "\n## Against the paper's claims\n",
+        f"{PAPER_NOTE}. Absolute times here are context only; the ratios are what compare across machines.\n",
+    ]
+    parts += [f"- {line}" for line in claims_text(data)]
+    parts.append("\n## Figures\n")
+    for name, png in figures.items():
+        rel = f"{figures_rel}/{png.name}"
+        parts.append(
+            f"### {name.replace('_', ' ')}\n\n{CAPTIONS.get(name, '')} "
+            f"([SVG]({figures_rel}/{png.stem}.svg))\n\n![{name}]({rel})\n"
+        )
+    if not_drawn:
+        parts.append("Not drawn (nothing to show): " + ", ".join(not_drawn) + ".\n")
+    parts += [
+        "\n## Precision: logit error against fp32 PyTorch\n",
+        "Per artifact, over a teacher-forced sequence: the largest |logit difference|, the same divided by "
+        "the spread (std) of the reference logits, and how often the greedy token agrees. fp32 must match "
+        "within 1e-4 or the export fails; lower precisions are measured and recorded, not asserted "
+        "(random-weight models have flat logits, so token agreement is a pessimistic figure).\n",
+        _md_table(accuracy_rows(data)),
+        "\n## All measured configurations (latest per configuration and host)\n",
+        _md_table(config_rows(data)),
+        "\n## Failed configurations (listed, not plotted)\n",
+        _md_table(_failed_table(data)),
+    ]
+    warnings = [(r["model"], r["key"], w) for r in data.rows for w in r.get("warnings") or []]
+    if warnings:
+        parts.append("\n## Warnings recorded with the measurements\n")
+        parts += [f"- `{key}`: {w}" for _, key, w in warnings]
+    return "\n".join(parts) + "\n"
+
+
+def build_report(results, out: Path | str, title: str = "slmbench report") -> BuiltReport:
+    rows = read_rows(results)
+    if not rows:
+        raise BenchError(
+            f"no result rows in {', '.join(map(str, results))}; run `slmbench run` or `slmbench sweep` first"
+        )
+    data = build(rows)
+    out = Path(out)
+    figures_dir = out / "figures"
+    from slmbench.plots import draw_all
+
+    drawn = draw_all(data, figures_dir)
+    figures = {k: v for k, v in drawn.items() if v is not None}
+    not_drawn = [k for k, v in drawn.items() if v is None]
+    markdown = out / "report.md"
+    markdown.write_text(render_markdown(data, figures, not_drawn, title, "figures"), encoding="utf-8")
+    return BuiltReport(markdown, figures_dir, figures, not_drawn, data)
+
+
+def print_summary(console, built: BuiltReport) -> None:
+    """The report's tables in the terminal (rich)."""
+    from rich.table import Table
+
+    from slmbench.display import summary_table
+
+    data = built.data
+
+    def table(frame: pd.DataFrame, title: str) -> Table:
+        t = Table(title=title, title_justify="left")
+        for col in frame.columns:
+            t.add_column(str(col))
+        for row in frame.itertuples(index=False):
+            t.add_row(*("-" if v is None else str(v) for v in row))
+        return t
+
+    console.print(
+        table(
+            _hosts_table(data)[["host", "cpu", "measured", "ok rows", "failed rows", "first", "last"]],
+            "hosts",
+        )
+    )
+    console.print(summary_table(data.rows, title="measured configurations (latest per key and host)"))
+    if not data.ratios.empty:
+        console.print(table(ratio_rows(data), f"encoder-decoder vs decoder-only (same run); {PAPER_NOTE}"))
+    for line in claims_text(data):
+        console.print(line.replace("**", ""))
+    accuracy = accuracy_rows(data)
+    if not accuracy.empty and set(accuracy["precision"]) != {"fp32"}:
+        console.print(table(accuracy, "logit error against fp32 PyTorch (teacher-forced)"))
+    if not data.failed.empty:
+        console.print(table(_failed_table(data), "failed configurations (not plotted)"))

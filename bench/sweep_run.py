@@ -1,0 +1,480 @@
+"""Running a sweep: every configuration in its own process, with a timeout and a memory limit.
+
+What can go wrong, and what happens:
+- the process crashes (abort, segfault), hangs past the timeout, or runs out of memory: one
+  failed row per model with the cause, and the sweep goes on;
+- Ctrl-C or SIGTERM: the configuration in progress is killed and nothing of it is written;
+  every completed row is already on disk (`SweepInterrupted` says how many); rerunning resumes;
+- a device or runtime that is absent: reported once, its configurations skipped, no rows.
+Only this process appends to the results file, a configuration's rows together with signals
+held off, so an interrupt never splits a pair.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from slmbench.results import SCHEMA, append_row, check_writable, read_rows
+from slmbench.sweep import Configuration, Sweep
+from slmbench.worker import INJECT_ENV
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a sweep; completed rows are kept."""
+
+    def __init__(self, kept: int, written: int, results: Path):
+        super().__init__(
+            f"interrupted: {written} rows written by this run, {kept} completed rows in {results} "
+            "kept; the configuration in progress was discarded; run the same command again to "
+            "resume"
+        )
+        self.kept, self.written = kept, written
+
+
+@dataclass
+class SweepOutcome:
+    results: Path
+    planned: int = 0
+    done_before: int = 0
+    measured: int = 0
+    failed: int = 0
+    skipped: list[str] = field(default_factory=list)  # one line per absent device/runtime
+    notes: list[str] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)  # the rows this run appended
+
+
+class SweepProgress:
+    """Callbacks for a progress display; this base class shows nothing."""
+
+    def start(self, total_cost: float, count: int) -> None: ...
+
+    def begin(self, config: Configuration) -> None: ...
+
+    def update(self, text: str) -> None: ...
+
+    def end(self, config: Configuration, cost: float, ok: bool, error: str | None) -> None: ...
+
+    def log(self, message: str) -> None: ...
+
+
+def completed_keys(results: Path) -> set[str]:
+    """Keys that already have an ok row (failed ones are tried again on resume)."""
+    if not results.exists():
+        return set()
+    return {r["key"] for r in read_rows([results]) if r.get("status") == "ok" and r.get("key")}
+
+
+def availability(configs: list[Configuration]) -> dict[tuple[str, str], str]:
+    """Why each (device, runtime) of the sweep cannot run here; absent from the dict when it can."""
+    from slmbench.errors import BenchError
+    from slmbench.runners import RUNNERS, select_runner
+
+    why = {}
+    for device, runtime in dict.fromkeys((c.device, c.runtime) for c in configs):
+        if runtime not in RUNNERS:
+            why[device, runtime] = f"runtime {runtime} has no runner in this installation"
+            continue
+        try:
+            select_runner(device, runtime)
+        except BenchError as exc:
+            why[device, runtime] = str(exc)
+    return why
+
+
+def failed_rows(config: Configuration, error: str, failure: dict) -> list[dict]:
+    """What a failed configuration leaves behind: its identity, its settings and the cause."""
+    from slmbench.environment import environment
+    from slmbench.models import resolve_model
+
+    group = uuid.uuid4().hex[:12]
+    rows = []
+    for model, key in config.keys.items():
+        spec = resolve_model(model)
+        rows.append(
+            {
+                "schema": SCHEMA,
+                "run_id": uuid.uuid4().hex[:12],
+                "group": group,
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "key": key,
+                "status": "failed",
+                "error": error,
+                "failure": failure,
+                "model": model,
+                "family": spec.family.value,
+                "parameters": spec.parameters,
+                "device": config.device,
+                "runtime": config.runtime,
+                "precision": config.precision,
+                "batch": config.settings.batch,
+                "input_len": config.settings.input_len,
+                "output_len": config.settings.output_len,
+                "threads": config.threads,
+                "mode": dict(config.options).get("mode"),
+                "settings": asdict(config.settings),
+                "compared_with": [m for m in config.models if m != model],
+                "sweep": config.sweep,
+                "environment": environment(),
+            }
+        )
+    return rows
+
+
+class _Child:
+    """The worker process and a thread that reads its output (progress lines and a log tail)."""
+
+    def __init__(self, job_path: Path, env: dict, on_progress):
+        self.tail = collections.deque(maxlen=40)  # everything it printed, last lines
+        self.foreign = collections.deque(maxlen=5)  # what it printed that is not its own log (runtime errors)
+        self.peak_vm_bytes: int | None = None
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "slmbench.worker", str(job_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            text=True,
+            errors="replace",
+        )
+        self.reader = threading.Thread(target=self._read, args=(on_progress,), daemon=True)
+        self.reader.start()
+
+    def _read(self, on_progress) -> None:
+        for line in self.proc.stdout:
+            line = line.rstrip()
+            if line.startswith("@progress "):
+                on_progress(line[len("@progress ") :])
+            elif line.startswith("@log "):
+                self.tail.append(line[len("@log ") :])
+            elif line:
+                self.tail.append(line)
+                self.foreign.append(line)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        self.reader.join(timeout=5)
+
+    def wait(self, timeout_s: float) -> bool:
+        """True when it exited, False when the timeout passed (it is then killed)."""
+        deadline = time.monotonic() + timeout_s
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                self.kill()
+                return False
+            self.peak_vm_bytes = _vm_peak(self.proc.pid) or self.peak_vm_bytes
+            time.sleep(0.05)
+        self.reader.join(timeout=5)
+        return True
+
+
+def _vm_peak(pid: int) -> int | None:
+    """The kernel's address-space high-water mark of a process (Linux), in bytes."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmPeak:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+_OOM_WORDS = (
+    "bad_alloc",
+    "memoryerror",
+    "out of memory",
+    "memory allocation",
+    "cannot allocate memory",
+    "failed to allocate",
+)
+
+
+def _memory_exhausted(config: Configuration, child: _Child) -> str:
+    """Why this looks like running out of memory, or empty: the runtime said so, or the process had
+    reached 90% of its address-space limit when it died."""
+    said = next((t for t in child.foreign if any(w in t.lower() for w in _OOM_WORDS)), "")
+    if said:
+        return f"the runtime said: {said[:200]}"
+    limit = config.memory_limit_gb
+    if limit and child.peak_vm_bytes and child.peak_vm_bytes >= 0.9 * limit * 2**30:
+        return f"it had reached {child.peak_vm_bytes / 2**30:.2f} GiB of its {limit:g} GiB limit"
+    return ""
+
+
+def _diagnose(
+    config: Configuration, child: _Child, finished: bool, timeout_s: float, outcome: dict | None
+) -> tuple[str, dict]:
+    code = child.proc.returncode
+    failure = {
+        "exit_code": code,
+        "log_tail": list(child.tail)[-12:],
+        "peak_vm_bytes": child.peak_vm_bytes,
+        "memory_limit_gb": config.memory_limit_gb,
+    }
+    if not finished:
+        return f"timed out after {timeout_s:g}s (hung or too slow; raise --timeout)", {
+            **failure,
+            "kind": "timeout",
+        }
+    name = _signal_name(code) if code is not None and code < 0 else None
+    if name:
+        failure["signal"] = name
+    memory = _memory_exhausted(config, child)
+    if outcome and outcome.get("status") == "failed":
+        if memory and outcome.get("kind") != "oom":
+            return (
+                f"out of memory (likely: {memory}; raise --memory-limit if the machine has room): "
+                f"{outcome['error']}",
+                {**failure, "kind": "oom"},
+            )
+        return outcome["error"], {**failure, "kind": outcome.get("kind", "error")}
+    how = f"was killed by {name}" if name else f"exited with code {code} without a result"
+    if memory:
+        return (
+            f"out of memory: the process {how} ({memory}; raise --memory-limit if the machine has room)",
+            {**failure, "kind": "oom"},
+        )
+    if name == "SIGKILL":
+        return (
+            "killed by SIGKILL (the kernel's out-of-memory killer, or another process)",
+            {**failure, "kind": "killed"},
+        )
+    last = child.foreign[-1] if child.foreign else ""
+    return (
+        f"crashed: the process {how}" + (f" (last output: {last[:200]})" if last else ""),
+        {**failure, "kind": "crash"},
+    )
+
+
+def _read_outcome(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _append_together(results: Path, rows: list[dict], written: list[dict]) -> None:
+    """Append a configuration's rows with SIGINT/SIGTERM held off, so a pair is never split."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        for row in rows:
+            append_row(results, row)
+            written.append(row)
+    finally:
+        if in_main:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+
+def run_configuration(
+    config: Configuration,
+    workdir: Path,
+    index: int,
+    timeout_s: float,
+    cache_dir=None,
+    inject: str | None = None,
+    on_progress=lambda text: None,
+) -> tuple[list[dict], str | None]:
+    """Measure one configuration in a child process. Returns (rows, None) or (failed rows, error)."""
+    out = workdir / f"config-{index}.out.json"
+    job_path = workdir / f"config-{index}.job.json"
+    job = {**config.to_job(), "out": str(out), "cache_dir": str(cache_dir) if cache_dir else None}
+    job_path.write_text(json.dumps(job))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if inject:
+        env[INJECT_ENV] = inject
+    child = _Child(job_path, env, on_progress)
+    try:
+        finished = child.wait(timeout_s)
+    except BaseException:
+        child.kill()  # Ctrl-C / SIGTERM: the partial configuration dies with nothing written
+        raise
+    outcome = _read_outcome(out) if finished else None
+    if finished and child.proc.returncode == 0 and outcome and outcome.get("status") == "ok":
+        rows = outcome["rows"]
+        expected = config.keys
+        if sorted(r.get("model") for r in rows) == sorted(expected):
+            for row in rows:
+                row["sweep"] = config.sweep
+            return rows, None
+        outcome = {
+            "status": "failed",
+            "kind": "error",
+            "error": f"the worker returned rows for {[r.get('model') for r in rows]}, "
+            f"expected {list(expected)}",
+        }
+    error, failure = _diagnose(config, child, finished, timeout_s, outcome)
+    return failed_rows(config, error, failure), error
+
+
+def _raise_on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run_sweep(
+    sweep: Sweep,
+    results: Path | str,
+    force: bool = False,
+    timeout_s: float | None = None,
+    memory_limit_gb: float | None = None,
+    cache_dir=None,
+    inject: str | None = None,
+    progress: SweepProgress | None = None,
+) -> SweepOutcome:
+    """Run every configuration not yet measured; see the module docstring for what can go wrong."""
+    progress = progress or SweepProgress()
+    results = Path(results)
+    configs, notes = sweep.configurations()
+    if memory_limit_gb is not None:
+        configs = [replace(c, memory_limit_gb=memory_limit_gb) for c in configs]
+    timeout_s = timeout_s or sweep.limits.timeout_s
+    outcome = SweepOutcome(results=results, planned=len(configs), notes=notes)
+    for note in notes:
+        progress.log(note)
+    absent = availability(configs)
+    for (device, runtime), reason in absent.items():
+        n = sum(1 for c in configs if (c.device, c.runtime) == (device, runtime))
+        line = f"skipping {n} configurations of {runtime} on {device}: {reason}"
+        outcome.skipped.append(line)
+        progress.log(line)
+    done = set() if force else completed_keys(results)
+    todo = []
+    for config in configs:
+        if (config.device, config.runtime) in absent:
+            continue
+        if all(key in done for key in config.keys.values()):
+            outcome.done_before += 1
+        else:
+            todo.append(config)
+    if outcome.done_before:
+        progress.log(
+            f"{outcome.done_before} configurations already measured in {results} (skipped; --force "
+            "measures them again)"
+        )
+    if todo:
+        check_writable(results)  # fail before measuring, and leave no empty file when nothing runs
+    costs = [c.cost() for c in todo]
+    progress.start(sum(costs), len(todo))
+    previous = signal.getsignal(signal.SIGTERM)
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        with tempfile.TemporaryDirectory(prefix="slmbench-sweep-") as workdir:
+            for index, (config, cost) in enumerate(zip(todo, costs, strict=True)):
+                progress.begin(config)
+                rows, error = run_configuration(
+                    config, Path(workdir), index, timeout_s, cache_dir, inject, progress.update
+                )
+                _append_together(results, rows, outcome.rows)
+                if error:
+                    outcome.failed += 1
+                else:
+                    outcome.measured += 1
+                progress.end(config, cost, error is None, error)
+    except KeyboardInterrupt:
+        kept = len(read_rows([results])) if results.exists() else 0
+        raise SweepInterrupted(kept, len(outcome.rows), results) from None
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+    return outcome
+
+
+class RichSweepProgress(SweepProgress):
+    """A rich progress bar over configurations, weighted by their rough cost, with an ETA."""
+
+    def __init__(self, console):
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = console
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[done]}/{task.fields[count]} configurations"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[now]}"),
+            console=console,
+            transient=False,
+        )
+        self.task = None
+        self.done = 0
+
+    def __enter__(self):
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+
+    def start(self, total_cost, count):
+        self.task = self.bar.add_task(
+            "sweep",
+            total=total_cost or 1,
+            completed=0 if count else 1,
+            done=0,
+            count=count,
+            now="" if count else "· nothing left to measure",
+        )
+
+    def begin(self, config):
+        self.current = config.label
+        self.started = time.monotonic()
+        self.bar.update(self.task, now=f"· {config.label}")
+        if not self.console.is_terminal:  # a log file gets a line where a terminal gets the bar
+            self.console.print(f"{time.strftime('%H:%M:%S')} measuring {config.label}")
+
+    def update(self, text):
+        model, _, reps = text.rpartition(" ")
+        self.bar.update(self.task, now=f"· {self.current} · {model} rep {reps}")
+
+    def end(self, config, cost, ok, error):
+        self.done += 1
+        self.bar.update(self.task, advance=cost, done=self.done, now="")
+        took = time.monotonic() - self.started
+        if ok:
+            self.console.print(
+                f"[green]done[/green] {config.label} in {took:.0f}s "
+                f"({self.done}/{self.bar.tasks[0].fields['count']})"
+            )
+        else:
+            self.console.print(f"[red]failed[/red] {config.label} after {took:.0f}s: {error}")
+
+    def log(self, message):
+        self.console.print(message)

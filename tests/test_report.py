@@ -1,0 +1,138 @@
+"""Reports: every figure from real rows of tiny models, a Markdown file that embeds them, ratio CIs
+from the raw repetitions, failed rows listed but not plotted, and several hosts merged."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from slmbench.analysis import build, ratio_ci, rep_metrics
+from slmbench.cli import cli
+from slmbench.plots import FIGURES
+from slmbench.report import build_report
+from slmbench.results import append_row, read_rows
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory, cache_dir):
+    """Real rows: the tiny pair measured interleaved at two input lengths, plus one failed row."""
+    from slmbench.benchmark import run_benchmark
+    from slmbench.measure import RunSettings
+    from slmbench.models import resolve_model
+    from slmbench.sweep import parse_sweep
+    from slmbench.sweep_run import failed_rows
+
+    folder = tmp_path_factory.mktemp("report")
+    results = folder / "rows.jsonl"
+    specs = [resolve_model("mu-tiny"), resolve_model("deconly-tiny")]
+    for n in (16, 64):
+        settings = RunSettings(input_len=n, output_len=8, warmup=0, min_reps=4, min_time_s=0.0)
+        run_benchmark(
+            specs,
+            "cpu",
+            "onnxruntime",
+            "fp32",
+            settings,
+            threads=1,
+            results=results,
+            cache_dir=cache_dir,
+            log=lambda msg: None,
+        )
+    sweep = parse_sweep(
+        {"name": "r", "grid": {"models": ["mu-tiny", "deconly-tiny"], "input_lens": [32], "output_lens": [8]}}
+    )
+    config = sweep.configurations()[0][0]
+    for row in failed_rows(config, "crashed: the process was killed by SIGABRT", {"kind": "crash"}):
+        append_row(results, row)
+    return results
+
+
+def test_report_writes_every_figure_and_a_markdown_file_that_embeds_them(measured, tmp_path):
+    built = build_report([measured], tmp_path / "out")
+    assert set(built.figures) == set(FIGURES) and built.not_drawn == []
+    text = built.markdown.read_text()
+    for name, png in built.figures.items():
+        assert png.stat().st_size > 10_000, name
+        svg = png.with_suffix(".svg")
+        assert svg.stat().st_size > 10_000 and svg.read_text().lstrip().startswith("<?xml"), name
+        assert f"![{name}](figures/{png.name})" in text
+        assert f"(figures/{png.stem}.svg)" in text
+    assert "47%" in text and "4.7x" in text
+    assert "## Failed configurations" in text and "killed by SIGABRT" in text
+    assert "mu-tiny vs deconly-tiny" in text
+
+
+def test_failed_rows_are_listed_not_plotted(measured):
+    data = build(read_rows([measured]))
+    assert len(data.failed) == 2 and set(data.failed["input_len"]) == {32}
+    assert set(data.configs["input_len"]) == {16, 64} and set(data.reps["input_len"]) == {16, 64}
+    assert set(data.ratios["input_len"]) == {16, 64}
+
+
+def test_per_repetition_metrics_agree_with_the_row_summary(measured):
+    for row in read_rows([measured]):
+        if row["status"] != "ok":
+            continue
+        reps = rep_metrics(row)
+        assert len(reps) == row["metrics"]["ttft_s"]["count"]
+        assert np.median(reps["ttft_s"]) == pytest.approx(row["metrics"]["ttft_s"]["median"], rel=1e-9)
+        assert np.median(reps["tpot_s"]) == pytest.approx(row["metrics"]["tpot_s"]["median"], rel=1e-9)
+        breakdown = reps["encoder_s"] + reps["first_step_s"] + reps["rest_s"]
+        assert np.allclose(breakdown, reps["e2e_s"])
+
+
+def test_ratios_come_from_the_pair_of_the_same_run_with_a_ci_around_the_point(measured):
+    rows = read_rows([measured])
+    data = build(rows)
+    for r in data.ratios.itertuples():
+        assert r.ttft_reduction_low <= r.ttft_reduction_pct <= r.ttft_reduction_high
+        assert r.throughput_ratio_low <= r.throughput_ratio <= r.throughput_ratio_high
+        ed = next(x for x in rows if x.get("group") == r.group and x["model"] == "mu-tiny")
+        do = next(x for x in rows if x.get("group") == r.group and x["model"] == "deconly-tiny")
+        expected = 1 - ed["metrics"]["ttft_s"]["median"] / do["metrics"]["ttft_s"]["median"]
+        assert r.ttft_reduction_pct == pytest.approx(100 * expected)
+
+
+def test_ratio_ci_covers_a_known_ratio():
+    rng = np.random.default_rng(1)
+    a = rng.normal(2.0, 0.05, 40)
+    b = rng.normal(1.0, 0.025, 40)
+    point, lo, hi = ratio_ci(a, b)
+    assert lo < 2.0 < hi and lo <= point <= hi and hi - lo < 0.2
+    assert np.isnan(ratio_ci([1.0], [1.0])[1])
+
+
+def test_several_hosts_merge_into_one_report_with_a_panel_each(measured, tmp_path):
+    other = tmp_path / "laptop.jsonl"
+    for row in read_rows([measured]):
+        row = copy.deepcopy(row)
+        row.pop("_source")
+        row["environment"]["host"] = "laptop"
+        row["group"] = (row.get("group") or "") + "-laptop"
+        other.write_text((other.read_text() if other.exists() else "") + json.dumps(row) + "\n")
+    built = build_report([measured, other], tmp_path / "out")
+    data = built.data
+    assert set(data.hosts["host"]) >= {"laptop"} and len(data.hosts) == 2
+    assert set(data.configs["platform"]) == {f"cpu @ {h}" for h in data.hosts["host"]}
+    assert len(data.ratios) == 4  # each host's pairs stay its own
+    text = built.markdown.read_text()
+    assert "## Hosts: which machine measured what" in text and "| laptop |" in text
+
+
+def test_cli_report_prints_tables_and_writes_the_report(measured, tmp_path):
+    result = CliRunner().invoke(
+        cli, ["report", str(measured), "--out", str(tmp_path / "o")], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    assert "encoder-decoder vs decoder-only" in result.output and "failed configurations" in result.output
+    assert (tmp_path / "o" / "report.md").exists() and (tmp_path / "o" / "figures" / "claims.png").exists()
+
+
+def test_cli_report_without_rows_is_one_line_exit_2(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "no result rows" in result.output
+    missing = CliRunner().invoke(cli, ["report", str(tmp_path / "nope.jsonl")])
+    assert missing.exit_code == 2 and "no results at" in missing.output
