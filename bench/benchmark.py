@@ -13,8 +13,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from slmbench.environment import environment
-from slmbench.exporters.precision import row_fields as precision_fields
 from slmbench.errors import DeviceUnavailable
+from slmbench.exporters.precision import row_fields as precision_fields
 from slmbench.measure import RunSettings, Subject, generate, make_inputs, measure, summarize_subject
 from slmbench.memory import current_rss, peak_rss, reset_peak_rss
 from slmbench.models import ModelSpec

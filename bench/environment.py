@@ -86,5 +86,6 @@ def environment() -> dict:
 
 def hardware_fingerprint(env: dict) -> dict:
     """The fields that must match for two measurements to be compared as like with like."""
+    packages = {k: v for k, v in env.get("packages", {}).items() if k != "slmbench"}
     return {"cpu": env.get("cpu"), "cpu_flags": env.get("cpu_flags"), "physical_cores": env.get("physical_cores"),
-            "logical_cores": env.get("logical_cores"), "packages": {k: v for k, v in env.get("packages", {}).items() if k != "slmbench"}}
+            "logical_cores": env.get("logical_cores"), "packages": packages}

@@ -173,13 +173,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     use_source()
     import slmbench
+    import slmbench.models
     from slmbench.benchmark import run_benchmark
     from slmbench.errors import BenchError
     from slmbench.measure import RunSettings
     from slmbench.models import resolve_model
     from slmbench.runners import select_runner
-
-    import slmbench.models
 
     print(f"slmbench imported from {slmbench.__path__[0]} (models: "
           f"{Path(slmbench.models.__file__).resolve().parent})", flush=True)

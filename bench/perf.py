@@ -100,7 +100,8 @@ def main(models, runtimes, input_len, output_len, threads, min_reps, out, cache_
     bandwidth = host_bandwidth(threads, refresh=True)
     summary["bandwidth"] = bandwidth
     console.print(f"memory bandwidth ({threads} threads, {bandwidth['buffer_bytes'] >> 20} MiB): read "
-                  f"{bandwidth['read_bytes_per_s'] / 1e9:.1f} GB/s, copy {bandwidth['copy_bytes_per_s'] / 1e9:.1f} GB/s")
+                  f"{bandwidth['read_bytes_per_s'] / 1e9:.1f} GB/s, "
+                  f"copy {bandwidth['copy_bytes_per_s'] / 1e9:.1f} GB/s")
 
     with tempfile.TemporaryDirectory(prefix="slmbench-perf-") as fresh:
         console.print("exporting the pair into an empty cache ...")

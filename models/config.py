@@ -7,7 +7,7 @@ import enum
 from dataclasses import dataclass
 
 
-class Family(str, enum.Enum):
+class Family(enum.StrEnum):
     ENCODER_DECODER = "encoder-decoder"
     DECODER_ONLY = "decoder-only"
 

@@ -75,5 +75,5 @@ class Runner(ABC):
     def peak_device_memory(self) -> int | None:
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most runtimes free on garbage collection
         """Release the runtime's resources."""
