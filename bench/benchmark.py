@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -31,34 +32,38 @@ def config_key(model: str, device: str, runtime: str, precision: str, settings: 
             f"out{settings.output_len}|t{threads or 'auto'}" + (f"|{opts}" if opts else ""))
 
 
-def run_benchmark(specs: list[ModelSpec], device: str = "cpu", runtime: str | None = None,
+def run_benchmark(specs: list[ModelSpec], device: str = "cpu", runtime: str | Sequence[str] | None = None,
                   precision: str = "fp32", settings: RunSettings | None = None, threads: int | None = None,
                   results: Path | str | None = None, cache_dir=None, options: dict | None = None,
                   log=print, progress=None) -> list[dict]:
+    """Measure every model on every runtime given (one, several, or None for the device's
+    default), all interleaved repetition by repetition in this one run; one row per pair."""
     settings = settings or RunSettings()
     for spec in specs:
         settings.check_fits(spec.name, spec.config)
     if results is not None:
         check_writable(results)
-    runner_cls = select_runner(device, runtime)
-    options = runner_cls.run_options(device, settings, options)
+    names = [runtime] if runtime is None or isinstance(runtime, str) else list(dict.fromkeys(runtime))
+    classes = [select_runner(device, name) for name in names]
     group = uuid.uuid4().hex[:12]
-    subjects, loads, artifacts = [], {}, {}
-    for spec in specs:
-        runner = runner_cls(device, threads, options)
-        log(f"preparing {spec.name} for {runner_cls.runtime}/{device} ({precision})")
-        artifact, reused = runner.prepare(spec, precision, cache_dir)
-        artifacts[spec.name] = (artifact, reused)
-        rss_before = current_rss()
-        started = time.perf_counter()
-        load = runner.load(artifact)
-        load.load_s = time.perf_counter() - started
-        check_device(device, load.device_executed)
-        rss_after = current_rss()
-        loads[spec.name] = (load, (rss_after - rss_before) if rss_before and rss_after else None)
-        subjects.append(Subject(spec.name, runner, spec.config.is_encoder_decoder,
-                                spec.config.decoder_start_token))
-    inputs = {s.label: make_inputs(settings, spec.config.vocab_size) for s, spec in zip(subjects, specs)}
+    subjects, loaded = [], {}
+    for runner_cls in classes:
+        opts = runner_cls.run_options(device, settings, options)
+        for spec in specs:
+            runner = runner_cls(device, threads, opts)
+            label = spec.name if len(classes) == 1 else f"{spec.name}@{runner_cls.runtime}"
+            log(f"preparing {spec.name} for {runner_cls.runtime}/{device} ({precision})")
+            artifact, reused = runner.prepare(spec, precision, cache_dir)
+            rss_before = current_rss()
+            started = time.perf_counter()
+            load = runner.load(artifact)
+            load.load_s = time.perf_counter() - started
+            check_device(device, load.device_executed)
+            rss_after = current_rss()
+            load_rss = (rss_after - rss_before) if rss_before and rss_after else None
+            loaded[label] = (spec, runner_cls, opts, artifact, reused, load, load_rss)
+            subjects.append(Subject(label, runner, spec.config.is_encoder_decoder, spec.config.decoder_start_token))
+    inputs = {label: make_inputs(settings, spec.config.vocab_size) for label, (spec, *_) in loaded.items()}
     reset_peak_rss()
     log(f"measuring {', '.join(s.label for s in subjects)}: batch {settings.batch}, input {settings.input_len}, "
         f"output {settings.output_len} (interleaved; >= {settings.min_reps} reps and >= {settings.min_time_s:g}s each)")
@@ -67,10 +72,9 @@ def run_benchmark(specs: list[ModelSpec], device: str = "cpu", runtime: str | No
     peak = peak_rss()
     env = environment()
     rows = []
-    for subject, spec in zip(subjects, specs):
+    for subject in subjects:
+        spec, runner_cls, options, artifact, reused, load, load_rss = loaded[subject.label]
         metrics, warnings = summarize_subject(subject, settings.batch)
-        load, load_rss = loads[spec.name]
-        artifact, reused = artifacts[spec.name]
         runner = subject.runner
         row = {
             "schema": SCHEMA, "run_id": uuid.uuid4().hex[:12], "group": group,
@@ -86,6 +90,7 @@ def run_benchmark(specs: list[ModelSpec], device: str = "cpu", runtime: str | No
             "device_executed": load.device_executed, "device_info": load.device_info,
             "runtime_options": load.options,
             "settings": asdict(settings), "compared_with": [s.label for s in subjects if s is not subject],
+            "label": subject.label,
             "metrics": metrics, "cold_ttft_s": subject.cold.metrics(settings.batch)["ttft_s"],
             "load_s": load.load_s, "compile_s": load.compile_s,
             "peak_rss_bytes": peak, "rss_scope": "process, all models of the group loaded",

@@ -155,13 +155,13 @@ def _openvino_run_options(f):
                              "npu), npuw (the NPU plugin's LLM pipeline, decoder-only).")(f)
 
 
-def _openvino_options(device, runtime, mode, kv_precision, cache_dir) -> dict | None:
-    """The user's OpenVINO options (the runner adds its defaults), or None for another runtime."""
+def _openvino_options(device, runtimes, mode, kv_precision, cache_dir) -> dict | None:
+    """The user's OpenVINO options (the runner adds its defaults), or None without OpenVINO."""
     from slmbench.errors import InvalidOption
 
     given = [flag for flag, value in (("--ov-mode", mode), ("--kv-cache-precision", kv_precision),
                                       ("--ov-cache-dir", cache_dir)) if value]
-    if not (runtime == "openvino" or (runtime is None and device in ("gpu", "npu"))):
+    if not ("openvino" in runtimes or (not runtimes and device in ("gpu", "npu"))):
         if given:
             raise InvalidOption(f"{', '.join(given)} apply to OpenVINO only; add --runtime openvino")
         return None
@@ -177,7 +177,9 @@ def _openvino_options(device, runtime, mode, kv_precision, cache_dir) -> dict | 
 @click.option("--model", "-m", "model_names", multiple=True, default=DEFAULT_PAIR, show_default=True,
               help="Preset name or hf:PATH; repeat to compare (repetitions are interleaved).")
 @click.option("--device", "-d", default="cpu", show_default=True, help="cpu, cuda, gpu (Intel) or npu.")
-@click.option("--runtime", "-r", default=None, help="onnxruntime, openvino or torch (default: best for the device).")
+@click.option("--runtime", "-r", "runtimes", multiple=True,
+              help="onnxruntime, openvino or torch (default: best for the device); repeat to compare runtimes "
+                   "in one interleaved run.")
 @click.option("--precision", "-p", default="fp32", show_default=True)
 @click.option("--input-len", "-i", type=int, default=512, show_default=True, help="Prompt tokens.")
 @click.option("--output-len", "-o", type=int, default=128, show_default=True, help="Generated tokens (EOS ignored).")
@@ -192,7 +194,7 @@ def _openvino_options(device, runtime, mode, kv_precision, cache_dir) -> dict | 
 @_cache_option
 @_trust_option
 @_openvino_run_options
-def run(model_names, device, runtime, precision, input_len, output_len, batch, threads, warmup, min_reps,
+def run(model_names, device, runtimes, precision, input_len, output_len, batch, threads, warmup, min_reps,
         min_time, max_reps, results, cache_dir, ov_mode, kv_cache_precision, ov_cache_dir):
     """Measure TTFT and throughput; compare encoder-decoder with decoder-only in one interleaved run.
 
@@ -203,21 +205,25 @@ def run(model_names, device, runtime, precision, input_len, output_len, batch, t
       slmbench run --device npu                      # OpenVINO on an Intel NPU
       slmbench run -m mu-tiny -m deconly-tiny -i 64 -o 16 --min-time 1
       slmbench run --runtime openvino -m deconly-330m -i 256 -o 64   # OpenVINO CPU, stateful KV
+      slmbench run -r onnxruntime -r openvino -m deconly-330m -i 256 -o 64   # runtimes side by side
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from slmbench.benchmark import run_benchmark
-    from slmbench.display import pair_ratios, ratio_table, summary_table
+    from slmbench.display import pair_ratios, ratio_table, runtime_table, summary_table
     from slmbench.errors import InvalidOption
     from slmbench.measure import RunSettings
     from slmbench.models import resolve_model
+    from slmbench.runners import select_runner
 
     if threads is not None and threads <= 0:
         raise InvalidOption(f"--threads must be a positive integer, got {threads}")
     settings = RunSettings(batch=batch, input_len=input_len, output_len=output_len, warmup=warmup,
                            min_reps=min_reps, min_time_s=min_time, max_reps=max_reps)
     specs = [resolve_model(name) for name in model_names]
-    options = _openvino_options(device, runtime, ov_mode, kv_cache_precision, ov_cache_dir)
+    options = _openvino_options(device, runtimes, ov_mode, kv_cache_precision, ov_cache_dir)
+    for name in runtimes or (None,):
+        select_runner(device, name)  # an absent device fails here, before any progress display
     console = _console()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
@@ -228,12 +234,15 @@ def run(model_names, device, runtime, precision, input_len, output_len, batch, t
                 tasks[label] = bar.add_task(f"{label} repetitions", total=settings.min_reps)
             bar.update(tasks[label], completed=done, total=max(done, settings.min_reps))
 
-        rows = run_benchmark(specs, device, runtime, precision, settings, threads, results, cache_dir,
+        rows = run_benchmark(specs, device, list(runtimes) or None, precision, settings, threads, results,
+                             cache_dir,
                              options=options, log=lambda msg: console.log(msg), progress=progress)
     console.print(summary_table(rows))
     ratios = pair_ratios(rows)
     if ratios:
         console.print(ratio_table(ratios))
+    if len({r["runtime"] for r in rows}) > 1:
+        console.print(runtime_table(rows))
     for row in rows:
         for warning in row["warnings"]:
             console.print(f"[yellow]warning[/yellow] {row['model']}: {warning}")

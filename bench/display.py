@@ -79,3 +79,22 @@ def ratio_table(ratios: list[dict]) -> Table:
                       f"{red:.0f}%" if red is not None else "-",
                       f"{x:.2f}x" if x is not None else "-")
     return table
+
+
+def runtime_table(rows: list[dict]) -> Table:
+    """Each model's runtimes against the first one measured, from one interleaved run."""
+    table = Table(title="runtimes side by side (same run, interleaved; ratio to the first runtime)",
+                  title_justify="left")
+    for col in ("model", "runtime", "TTFT p50", "TTFT ratio", "decode tok/s", "tok/s ratio"):
+        table.add_column(col, justify="left" if col in ("model", "runtime") else "right")
+    ok = [r for r in rows if r.get("status") == "ok"]
+    for model in dict.fromkeys(r["model"] for r in ok):
+        mine = [r for r in ok if r["model"] == model]
+        base = mine[0]
+        for r in mine:
+            ttft, tps = _m(r, "ttft_s"), _m(r, "decode_tps")
+            table.add_row(model, r["runtime"], fmt_s(ttft),
+                          f"{ttft / _m(base, 'ttft_s'):.2f}x" if ttft and _m(base, "ttft_s") else "-",
+                          f"{tps:.1f}" if tps else "-",
+                          f"{tps / _m(base, 'decode_tps'):.2f}x" if tps and _m(base, "decode_tps") else "-")
+    return table

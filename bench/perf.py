@@ -79,7 +79,6 @@ def main(models, runtimes, input_len, output_len, threads, min_reps, out, cache_
     Example:
       python -m slmbench.perf -m mu-330m -m deconly-330m -r onnxruntime -r openvino
     """
-    import psutil
     from rich.console import Console
     from rich.table import Table
 
@@ -89,9 +88,10 @@ def main(models, runtimes, input_len, output_len, threads, min_reps, out, cache_
     from slmbench.overhead import measure_overhead, overhead_ratios
     from slmbench.roofline import host_bandwidth, row_roofline
     from slmbench.runners import RUNNERS
+    from slmbench.runners.base import default_threads
 
     console = Console(width=160)
-    threads = threads or psutil.cpu_count(logical=False) or 1
+    threads = threads or default_threads()
     specs = [resolve_model(m) for m in models]
     runtimes = [r for r in runtimes if r in RUNNERS and RUNNERS[r].availability("cpu").ok]
     summary = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": list(models), "threads": threads,

@@ -20,6 +20,7 @@ from slmbench.errors import BenchError, InvalidOption
 from slmbench.exporters.precision import PRECISIONS as RECIPES
 from slmbench.exporters.precision import precision_unsupported
 from slmbench.measure import LIMITS, RunSettings
+from slmbench.runners.base import default_threads
 
 # Precision names a sweep may ask for: the exporters' recipes plus bf16 (PyTorch runner). Whether a
 # given runtime supports one is its runner's call: a configuration it refuses is a failed row.
@@ -443,12 +444,6 @@ def model_units(models: tuple[str, ...], pair: bool) -> list[tuple[str, ...]]:
     return units
 
 
-def _physical_cores() -> int:
-    import psutil
-
-    return psutil.cpu_count(logical=False) or 1
-
-
 def _fits(models: tuple[str, ...], settings: RunSettings) -> str:
     """Empty if every model holds the lengths, else why not."""
     from slmbench.models import resolve_model
@@ -464,7 +459,7 @@ def _fits(models: tuple[str, ...], settings: RunSettings) -> str:
 def expand(sweep: Sweep) -> tuple[list[Configuration], list[str]]:
     g, reps = sweep.grid, sweep.repetitions
     notes, configs = [], []
-    threads = g.threads or _physical_cores()
+    threads = g.threads or default_threads()
     combos = []
     for device in g.devices:
         for runtime in g.runtimes:

@@ -97,6 +97,13 @@ def compile_exact(path: Path):
     return ov.Core().compile_model(str(path), "CPU", dict(EXACT_CPU))
 
 
+def require_fed(fed: set[str], inputs: set[str]) -> None:
+    """OpenVINO silently uses an empty tensor for an input that is not fed: refuse that."""
+    if fed != inputs:
+        raise ArtifactError(f"decoder inputs {sorted(inputs - fed)} were not fed (OpenVINO would silently use "
+                            "empty tensors)")
+
+
 def require_inputs(compiled, fed, what: str) -> None:
     """Refuse a compiled model whose inputs are not exactly the ones this code feeds by name."""
     match_ports(compiled.inputs, list(fed), what)
@@ -169,11 +176,7 @@ class StatefulSession:
             self._set("input_ids", self._ov.Tensor(np.ascontiguousarray(input_ids)))
             self._step_bound = False
         if not self._checked:
-            if self._fed != self.inputs:
-                raise ArtifactError(
-                    f"decoder inputs {sorted(self.inputs - self._fed)} were not fed "
-                    "(OpenVINO would silently use empty tensors)"
-                )
+            require_fed(self._fed, self.inputs)
             self._checked = True
         self.request.start_async()
         self.request.wait()
@@ -181,6 +184,37 @@ class StatefulSession:
 
     def logits(self) -> np.ndarray:
         return self.request.get_tensor(self._logits).data.copy()
+
+    def bare_generate(self, input_ids: np.ndarray, output_len: int, start_token: int):
+        """The floor for harness overhead (slmbench.overhead): the same requests, tensors and
+        buffers as encode/decode, driven by a plain loop of OpenVINO's own calls. Keep in step
+        with decode(). Returns (Repetition, tokens) with raw timestamps."""
+        import time
+
+        from slmbench.measure import Repetition
+
+        self.start(input_ids, output_len)
+        request, clock, step = self.request, time.perf_counter_ns, self._step
+        first = np.full((input_ids.shape[0], 1), start_token, np.int64) if self.encoder is not None else input_ids
+        tokens = np.empty((input_ids.shape[0], output_len), np.int64)
+        stamps = [0] * (output_len + 1)
+        encoder_end = None
+        t0 = stamps[0] = clock()
+        if self.encoder is not None:
+            self.encode(input_ids)
+            encoder_end = clock()
+        request.set_tensor("input_ids", self._ov.Tensor(np.ascontiguousarray(first)))
+        self._fed.add("input_ids")
+        require_fed(self._fed, self.inputs)
+        next_token = self._next
+        for i in range(output_len):
+            request.start_async()
+            request.wait()
+            step[:, 0] = tokens[:, i] = request.get_tensor(next_token).data
+            stamps[i + 1] = clock()
+            if i == 0:
+                request.set_tensor("input_ids", self._step_tensor)
+        return Repetition([s - t0 for s in stamps], None if encoder_end is None else encoder_end - t0), tokens
 
 
 def session_step_logits(session, cfg, prompt: np.ndarray, forced: np.ndarray) -> list[np.ndarray]:

@@ -357,3 +357,16 @@ def test_cli_export_openvino(cache_dir):
     )
     assert result.exit_code == 0, result.output
     assert "deconly-tiny-openvino-" in result.output and "parity max" in result.output
+
+
+@pytest.mark.parametrize("name", ["mu-tiny", "deconly-tiny"])
+def test_bare_loop_does_the_same_work_as_the_harness(name, cache_dir):
+    """The harness-overhead floor on OpenVINO: same tokens as the harness (measure_overhead checks)."""
+    from slmbench.measure import RunSettings
+    from slmbench.overhead import measure_overhead, overhead_ratios
+    from slmbench.runners.openvino import OpenVinoRunner
+
+    rows = measure_overhead(resolve_model(name), RunSettings(input_len=12, output_len=5, min_reps=3, min_time_s=0),
+                            "cpu", 1, "fp32", cache_dir, None, OpenVinoRunner, log=lambda m: None)
+    assert {r["loop"] for r in rows} == {"harness", "bare"}
+    assert overhead_ratios(rows)[0]["overhead_step"] > 0

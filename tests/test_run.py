@@ -98,3 +98,23 @@ def test_lengths_must_fit_the_model():
 
     with pytest.raises(InvalidOption, match="exceeds deconly-tiny's maximum positions"):
         RunSettings(input_len=1000, output_len=100).check_fits("deconly-tiny", resolve_model("deconly-tiny").config)
+
+
+def test_runtimes_side_by_side_in_one_interleaved_run(tmp_path, cache_dir):
+    """Several runtimes in one run: one row per (model, runtime), one group, each key with only
+    its own runtime's options."""
+    from click.testing import CliRunner
+
+    from slmbench.cli import cli
+
+    results = tmp_path / "r.jsonl"
+    result = CliRunner().invoke(cli, ["run", "-m", "deconly-tiny", "-r", "onnxruntime", "-r", "openvino", "-i", "8",
+                                      "-o", "4", "--warmup", "0", "--min-reps", "2", "--min-time", "0",
+                                      "--results", str(results), "--cache-dir", str(cache_dir)])
+    assert result.exit_code == 0, result.output
+    assert "runtimes side by side" in result.output
+    rows = read_rows([results])
+    assert [r["runtime"] for r in rows] == ["onnxruntime", "openvino"]
+    assert len({r["group"] for r in rows}) == 1
+    assert "mode=stateful" in rows[1]["key"] and "mode" not in rows[0]["key"]
+    assert rows[0]["label"] == "deconly-tiny@onnxruntime"

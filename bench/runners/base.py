@@ -15,6 +15,13 @@ from typing import ClassVar
 import numpy as np
 
 
+def default_threads() -> int:
+    """Runtime threads when the user gives none: the physical cores (hyper-threads slow GEMMs)."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or 1
+
+
 @dataclass(frozen=True)
 class Availability:
     ok: bool
@@ -47,11 +54,14 @@ class Runner(ABC):
     def availability(cls, device: str) -> Availability:
         """Whether this runtime can run on `device` here, and if not, why (one line)."""
 
+    option_names: ClassVar[frozenset[str]] = frozenset()  # the options this runtime takes
+
     @classmethod
     def run_options(cls, device: str, settings, options: dict | None) -> dict:
-        """The options a run really uses: the user's plus this runtime's defaults for the device
-        and shapes. One place, so `run` and sweep rows of the same thing share a key."""
-        return dict(options or {})
+        """The options a run really uses: those of the user's that this runtime takes, plus its
+        defaults for the device and shapes. One place, so `run` and sweep rows of the same thing
+        share a key, and one runtime's options never enter another's key."""
+        return {k: v for k, v in (options or {}).items() if k in cls.option_names}
 
     @abstractmethod
     def prepare(self, spec, precision: str, cache_dir=None, force: bool = False):

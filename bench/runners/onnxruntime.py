@@ -15,16 +15,10 @@ import time
 import numpy as np
 
 from slmbench.errors import DeviceUnavailable
-from slmbench.runners.base import Availability, LoadInfo, Runner
+from slmbench.runners.base import Availability, LoadInfo, Runner, default_threads
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
-
-
-def default_threads() -> int:
-    import psutil
-
-    return psutil.cpu_count(logical=False) or 1
 
 
 class OnnxRuntimeRunner(Runner):

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from slmbench.errors import DeviceUnavailable, InvalidOption
-from slmbench.runners.base import Availability, LoadInfo, Runner
+from slmbench.runners.base import Availability, LoadInfo, Runner, default_threads
 
 PLUGINS = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
 MODES = ("stateful", "static", "npuw")
@@ -56,12 +56,6 @@ OPTION_KEYS = (
     "min_response_len",
     "npuw_prefill_hint",
 )
-
-
-def default_threads() -> int:
-    import psutil
-
-    return psutil.cpu_count(logical=False) or 1
 
 
 def _short(error: BaseException) -> str:
@@ -185,11 +179,14 @@ class OpenVinoRunner(Runner):
             )
         self.plugin = PLUGINS.get(device, device.upper())
 
+    option_names = frozenset({"mode", "kv_cache_precision", "ov_cache_dir", "ov_device", "max_prompt_len",
+                              "min_response_len", "npuw_prefill_hint"})
+
     @classmethod
     def run_options(cls, device: str, settings, options: dict | None) -> dict:
         """Mode by device (static shapes on the NPU, stateful elsewhere); static modes take their
         prompt and response capacity from the run's lengths unless given."""
-        opts = dict(options or {})
+        opts = super().run_options(device, settings, options)
         opts.setdefault("mode", "static" if device == "npu" else "stateful")
         if opts["mode"] in ("static", "npuw"):
             opts.setdefault("max_prompt_len", settings.input_len)
@@ -372,6 +369,12 @@ class OpenVinoRunner(Runner):
 
     def decode(self, input_ids: np.ndarray) -> np.ndarray:
         return self.session.decode(input_ids)
+
+    def bare_generate(self, input_ids: np.ndarray, output_len: int, start_token: int = 0):
+        """OpenVINO's own calls in a plain loop (stateful mode), for the harness-overhead floor."""
+        if self.mode != "stateful":
+            raise InvalidOption("the bare loop for harness overhead exists for --ov-mode stateful only")
+        return self.session.bare_generate(input_ids, output_len, start_token)
 
     def close(self) -> None:
         self.session = None
