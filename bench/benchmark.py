@@ -7,6 +7,7 @@ needs to be trusted later (raw timestamps, settings, artifact, environment) goes
 
 from __future__ import annotations
 
+import gc
 import time
 import uuid
 from collections.abc import Sequence
@@ -64,7 +65,9 @@ def run_benchmark(specs: list[ModelSpec], device: str = "cpu", runtime: str | Se
             loaded[label] = (spec, runner_cls, opts, artifact, reused, load, load_rss)
             subjects.append(Subject(label, runner, spec.config.is_encoder_decoder, spec.config.decoder_start_token))
     inputs = {label: make_inputs(settings, spec.config.vocab_size) for label, (spec, *_) in loaded.items()}
-    reset_peak_rss()
+    gc.collect()
+    load_peak = peak_rss()  # import, export and load included
+    reset_peak_rss()  # from here the high-water mark covers the generations only
     log(f"measuring {', '.join(s.label for s in subjects)}: batch {settings.batch}, input {settings.input_len}, "
         f"output {settings.output_len} (interleaved; >= {settings.min_reps} reps and >= {settings.min_time_s:g}s each)")
     measure([subjects], settings, lambda s: generate(s.runner, inputs[s.label], settings.output_len,
@@ -94,6 +97,7 @@ def run_benchmark(specs: list[ModelSpec], device: str = "cpu", runtime: str | Se
             "metrics": metrics, "cold_ttft_s": subject.cold.metrics(settings.batch)["ttft_s"],
             "load_s": load.load_s, "compile_s": load.compile_s,
             "peak_rss_bytes": peak, "rss_scope": "process, all models of the group loaded",
+            "load_peak_rss_bytes": load_peak,
             "load_rss_bytes": load_rss, "peak_device_memory_bytes": runner.peak_device_memory(),
             "tokens_generated": subject.reps[0].tokens,
             "repetitions": [{"timestamps_ns": r.timestamps_ns, "encoder_end_ns": r.encoder_end_ns}

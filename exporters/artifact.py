@@ -43,7 +43,45 @@ def file_digest(path: Path) -> str:
 
 def describe_files(folder: Path) -> dict[str, dict]:
     return {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)}
-            for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+            for p in sorted(folder.iterdir()) if p.is_file() and p.name not in (MANIFEST, VERIFIED)}
+
+
+VERIFIED = ".verified.json"
+
+
+def _stat_key(file: Path) -> list[int]:
+    st = file.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _verify(path: Path, files: dict[str, dict]) -> None:
+    """Sizes always; SHA-256 digests unless the files are untouched (same size, mtime and inode)
+    since they were last hashed, so a cache hit on a 1.5 GB graph costs milliseconds, not seconds,
+    while any write to a file (which moves its mtime) forces a full re-hash."""
+    try:
+        stamp = json.loads((path / VERIFIED).read_text())
+    except (OSError, ValueError):
+        stamp = {}
+    current = {}
+    for name, info in files.items():
+        file = path / name
+        if not file.is_file():
+            raise ArtifactError(f"artifact file {file} is missing; delete {path} to re-export")
+        if file.stat().st_size != info["bytes"]:
+            raise ArtifactError(f"artifact file {file} is truncated or altered "
+                                f"({file.stat().st_size} bytes, manifest says {info['bytes']})")
+        current[name] = _stat_key(file)
+        if stamp.get(name) != [info["sha256"], *current[name]] and file_digest(file) != info["sha256"]:
+            raise ArtifactError(f"artifact file {file} does not match its manifest digest (altered)")
+    _write_stamp(path, files, current)
+
+
+def _write_stamp(path: Path, files: dict[str, dict], stats: dict[str, list[int]] | None = None) -> None:
+    stats = stats or {name: _stat_key(path / name) for name in files}
+    try:
+        (path / VERIFIED).write_text(json.dumps({n: [files[n]["sha256"], *k] for n, k in stats.items()}))
+    except OSError:
+        pass  # a read-only cache is verified in full every time
 
 
 @dataclass(frozen=True)
@@ -82,15 +120,7 @@ class Artifact:
         if manifest.get("schema") != SCHEMA or "files" not in manifest or "graphs" not in manifest:
             raise ArtifactError(f"{path / MANIFEST} has an unknown schema; delete the folder to re-export")
         if verify:
-            for name, info in manifest["files"].items():
-                file = path / name
-                if not file.is_file():
-                    raise ArtifactError(f"artifact file {file} is missing; delete {path} to re-export")
-                if file.stat().st_size != info["bytes"]:
-                    raise ArtifactError(f"artifact file {file} is truncated or altered "
-                                        f"({file.stat().st_size} bytes, manifest says {info['bytes']})")
-                if file_digest(file) != info["sha256"]:
-                    raise ArtifactError(f"artifact file {file} does not match its manifest digest (altered)")
+            _verify(path, manifest["files"])
         return cls(path, manifest)
 
 
@@ -143,6 +173,7 @@ def ensure_artifact(spec: ModelSpec, fmt: str, variant: dict, export_fn: ExportF
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        _write_stamp(final, files)  # digests were just computed: the next open need not re-hash
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -111,3 +111,15 @@ def test_interrupted_export_leaves_no_artifact(tmp_path, monkeypatch):
 def test_manifest_is_json_with_sorted_keys(tiny_onnx):
     text = (tiny_onnx["mu-tiny"].path / "manifest.json").read_text()
     assert json.loads(text)["format"] == "onnx"
+
+
+def test_a_verified_artifact_reopens_fast_but_a_later_write_is_still_caught(tmp_path):
+    artifact, _ = onnx_artifact(resolve_model("deconly-tiny"), cache_dir=tmp_path)
+    Artifact.open(artifact.path)  # hashes in full and records the files' size, mtime and inode
+    assert (artifact.path / ".verified.json").exists()
+    graph = artifact.graph_path("decoder")
+    data = bytearray(graph.read_bytes())
+    data[-10] ^= 0xFF
+    graph.write_bytes(bytes(data))  # same size, new mtime: hashed again
+    with pytest.raises(ArtifactError, match="does not match its manifest digest"):
+        Artifact.open(artifact.path)

@@ -62,6 +62,9 @@ class OnnxRuntimeRunner(Runner):
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        # Initializers allocated once outside the arena: peak RSS fell from 1.78x to ~1.1x the
+        # weight bytes for deconly-330m here, at unchanged speed (make perf).
+        opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
         provider = _PROVIDERS[self.device]
         # fp32 means IEEE fp32 on every runtime; the CUDA EP would otherwise use TF32 matmuls
         options = {"use_tf32": "0"} if self.device == "cuda" else {}
@@ -97,7 +100,8 @@ class OnnxRuntimeRunner(Runner):
         return LoadInfo(load_s=compile_s, compile_s=compile_s, device_executed=self.decoder.get_providers()[0],
                         device_info=info, runtime_version=ort.__version__,
                         options={"intra_op_num_threads": self.threads, "inter_op_num_threads": 1,
-                                 "graph_optimization_level": "ORT_ENABLE_ALL", "io_binding": True})
+                                 "graph_optimization_level": "ORT_ENABLE_ALL", "io_binding": True,
+                                 "use_device_allocator_for_initializers": True})
 
     def _ortvalue(self, array: np.ndarray):
         import onnxruntime as ort
