@@ -114,12 +114,18 @@ def test_the_gate_flags_a_real_slowdown(measured):
     assert any("tok/s enc-dec/dec-only: regression" in r for r in report.gate_failures("same-run"))
 
 
+# A tiny model's TTFT is 2-3 ms: two sessions of the same model in one process can sit 20% apart
+# on it with p < 1e-6 (seen in CI), a real but placement-dependent difference, which is why the
+# gate never judges absolute times across runs. Decode metrics and the same-run ratios must agree.
+PLACEMENT_SENSITIVE = ("ttft_s", "prefill_s", "encoder_s", "e2e_s", "e2e_tps")
+
+
 def test_the_same_configuration_twice_is_no_change(measured):
-    report = compare(measured["A"], measured["C"])
+    report = compare(measured["A"], measured["C"], thresholds={"ed_do_ttft": 1.25})  # as `make regress`
     assert report.comparisons and not report.env_differences
-    changed = [c for c in report.comparisons if c.verdict != "no change"]
+    changed = [c for c in report.comparisons if c.verdict != "no change" and c.metric not in PLACEMENT_SENSITIVE]
     assert changed == [], changed
-    assert report.gate_failures("all") == []
+    assert report.gate_failures("same-run") == []
 
 
 def test_compare_command_exit_codes_on_real_measurements(measured, tmp_path):
