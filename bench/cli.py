@@ -189,13 +189,16 @@ def _openvino_options(device, runtimes, mode, kv_precision, cache_dir) -> dict |
 @click.option("--min-reps", type=int, default=5, show_default=True, help="Minimum measured repetitions.")
 @click.option("--min-time", type=float, default=10.0, show_default=True, help="Minimum measured seconds per model.")
 @click.option("--max-reps", type=int, default=200, show_default=True)
+@click.option("--target-ci", type=float, default=None,
+              help="Repeat until the 95%% CI of median TTFT and TPOT is within this fraction (0.05 = +-5%), "
+                   "up to --max-reps.")
 @click.option("--results", type=click.Path(path_type=Path), default=Path("results/results.jsonl"),
               show_default=True, help="JSON Lines file the rows are appended to.")
 @_cache_option
 @_trust_option
 @_openvino_run_options
 def run(model_names, device, runtimes, precision, input_len, output_len, batch, threads, warmup, min_reps,
-        min_time, max_reps, results, cache_dir, ov_mode, kv_cache_precision, ov_cache_dir):
+        min_time, max_reps, target_ci, results, cache_dir, ov_mode, kv_cache_precision, ov_cache_dir):
     """Measure TTFT and throughput; compare encoder-decoder with decoder-only in one interleaved run.
 
     \b
@@ -219,7 +222,8 @@ def run(model_names, device, runtimes, precision, input_len, output_len, batch, 
     if threads is not None and threads <= 0:
         raise InvalidOption(f"--threads must be a positive integer, got {threads}")
     settings = RunSettings(batch=batch, input_len=input_len, output_len=output_len, warmup=warmup,
-                           min_reps=min_reps, min_time_s=min_time, max_reps=max_reps)
+                           min_reps=min_reps, min_time_s=min_time, max_reps=max_reps,
+                           target_ci=target_ci)
     specs = [resolve_model(name) for name in model_names]
     options = _openvino_options(device, runtimes, ov_mode, kv_cache_precision, ov_cache_dir)
     for name in runtimes or (None,):

@@ -33,6 +33,9 @@ class RunSettings:
     min_time_s: float = 10.0
     max_reps: int = 200
     seed: int = 0
+    # Optional run length chosen from the data: keep repeating (up to max_reps) until the 95% CI
+    # of the median TTFT and of the median TPOT is within this fraction of the median.
+    target_ci: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch", "input_len", "output_len", "min_reps", "max_reps"):
@@ -46,6 +49,11 @@ class RunSettings:
         if (not isinstance(self.min_time_s, int | float) or isinstance(self.min_time_s, bool)
                 or not math.isfinite(self.min_time_s) or self.min_time_s < 0):
             raise InvalidOption(f"min_time_s must be a finite number of seconds >= 0, got {self.min_time_s!r}")
+        if self.target_ci is not None and (not isinstance(self.target_ci, int | float)
+                                           or isinstance(self.target_ci, bool)
+                                           or not 0 < self.target_ci < 1):
+            raise InvalidOption(f"target_ci must be a fraction between 0 and 1 (0.05 = +-5%), "
+                                f"got {self.target_ci!r}")
         if self.max_reps < self.min_reps:
             raise InvalidOption(f"max_reps ({self.max_reps}) must be >= min_reps ({self.min_reps})")
 
@@ -144,7 +152,8 @@ def make_inputs(settings: RunSettings, vocab: int) -> np.ndarray:
 
 def measure(groups: list[list[Subject]], settings: RunSettings, run, progress=None, seed: int = 0) -> None:
     """Cold run and warm-ups of every subject, then rounds of one repetition each until every
-    subject has `min_reps` repetitions and `min_time_s` of measured time (or `max_reps`).
+    subject has `min_reps` repetitions and `min_time_s` of measured time (or `max_reps`), and,
+    with `target_ci`, until its confidence intervals are that tight.
 
     `run(subject)` returns (Repetition, tokens). Each round runs the groups in a fresh random
     order, and each group's members (the sides of a same-run ratio) back to back, also in random
@@ -164,7 +173,9 @@ def measure(groups: list[list[Subject]], settings: RunSettings, run, progress=No
     def pending(s: Subject) -> bool:
         if len(s.reps) >= settings.max_reps:
             return False
-        return len(s.reps) < settings.min_reps or s.measured_s < settings.min_time_s
+        if len(s.reps) < settings.min_reps or s.measured_s < settings.min_time_s:
+            return True
+        return settings.target_ci is not None and not ci_is_tight(s.reps, settings.target_ci)
 
     while any(pending(s) for s in subjects):
         for g in rng.permutation(len(groups)):
@@ -174,6 +185,21 @@ def measure(groups: list[list[Subject]], settings: RunSettings, run, progress=No
                     s.reps.append(run(s)[0])
                     if progress:
                         progress(s.label, len(s.reps))
+
+
+def ci_is_tight(reps: list[Repetition], target: float) -> bool:
+    """Whether the bootstrap 95% CI of the median TTFT and TPOT lies within +-target of it."""
+    from slmbench.stats import bootstrap_median_ci
+
+    for metric in ("ttft_s", "tpot_s"):
+        values = np.array([v for r in reps if (v := r.metrics(1)[metric]) is not None])
+        if values.size < 2:
+            return False
+        median = float(np.median(values))
+        low, high = bootstrap_median_ci(values)
+        if max(median - low, high - median) > target * median:
+            return False
+    return True
 
 
 def summarize_subject(subject: Subject, batch: int) -> tuple[dict, list[str]]:

@@ -126,6 +126,47 @@ def config_rows(data: ReportData) -> pd.DataFrame:
     )
 
 
+def prefill_rate_rows(data: ReportData) -> pd.DataFrame:
+    """TTFT against input length, fitted per model, runtime, device, precision and batch:
+    TTFT = fixed + input / rate (least squares over the measured lengths, at least 3 of them).
+    The rate is the prompt tokens/s the model sustains; the fixed part is what remains at length 0
+    (negative when attention's quadratic cost bends the curve upward over the measured range)."""
+    c = data.configs
+    if c.empty:
+        return pd.DataFrame()
+    out = []
+    for key, g in c.groupby(["model", "runtime", "platform", "precision", "batch"], sort=True):
+        g = g.dropna(subset=["ttft_s_median"]).drop_duplicates("input_len")
+        if len(g) < 3:
+            continue
+        x, y = g["input_len"].to_numpy(float), g["ttft_s_median"].to_numpy(float)
+        slope, fixed = np.polyfit(x, y, 1)
+        fit = slope * x + fixed
+        r2 = 1 - ((y - fit) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-30)
+        model, runtime, platform, precision, batch = key
+        out.append({"model": model, "device": platform, "runtime": runtime, "precision": precision,
+                    "batch": batch, "inputs": f"{int(x.min())}-{int(x.max())} ({len(x)})",
+                    "prefill tok/s": f"{batch / slope:.0f}" if slope > 0 else "-", "fixed": f"{fixed * 1e3:+.0f} ms",
+                    "R²": f"{r2:.3f}"})
+    return pd.DataFrame(out)
+
+
+def roofline_rows(data: ReportData) -> pd.DataFrame:
+    """How close each decode ran to the memory-bandwidth ceiling recorded in its row."""
+    out = []
+    for r in data.rows:
+        roof = r.get("roofline") or {}
+        if roof.get("fraction_of_ceiling") is None:
+            continue
+        out.append({"model": r["model"], "runtime": r["runtime"], "precision": r["precision"],
+                    "in/out": f"{r['input_len']}/{r['output_len']}",
+                    "bytes/token": f"{roof['bytes_per_token'] / 1e6:.0f} MB",
+                    "bandwidth": f"{roof['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
+                    "ceiling tok/s": f"{roof['ceiling_tokens_per_s']:.1f}",
+                    "of ceiling": f"{100 * roof['fraction_of_ceiling']:.0f}%"})
+    return pd.DataFrame(out)
+
+
 _PRECISION_ORDER = {"fp32": 0, "bf16": 1, "fp16": 2, "int8": 3, "int4": 4}
 
 
@@ -288,6 +329,15 @@ def render_markdown(
         "within 1e-4 or the export fails; lower precisions are measured and recorded, not asserted "
         "(random-weight models have flat logits, so token agreement is a pessimistic figure).\n",
         _md_table(accuracy_rows(data)),
+        "\n## Prefill rate, fitted from TTFT against input length\n",
+        "TTFT = fixed + input / rate, least squares over the measured input lengths (shown where a "
+        "configuration was measured at 3 or more); a negative fixed part means TTFT grows faster than "
+        "linearly (attention) over the range.\n",
+        _md_table(prefill_rate_rows(data)),
+        "\n## Decode against the memory-bandwidth ceiling\n",
+        "Batch-1 decoding reads every weight it uses once per token: tokens/s <= bandwidth / bytes per "
+        "token (read bandwidth measured on the host; bytes from the architecture, precision and KV length).\n",
+        _md_table(roofline_rows(data)),
         "\n## All measured configurations (latest per configuration and host)\n",
         _md_table(config_rows(data)),
         "\n## Failed configurations (listed, not plotted)\n",

@@ -152,7 +152,7 @@ _GRID_LISTS = {
     "batch_sizes": int,
 }
 _GRID_OTHER = ("threads", "pair_models")
-_REPS = ("warmup", "min_reps", "min_time_s", "max_reps", "seed")
+_REPS = ("warmup", "min_reps", "min_time_s", "max_reps", "seed", "target_ci")
 _LIMITS = ("timeout_s", "memory_limit_gb")
 
 
@@ -267,7 +267,13 @@ def _repetitions(path: str, table) -> RunSettings:
         raise SweepFileError(f"{_where(path, 'repetitions')} must be a table ([repetitions]), got {table!r}")
     _unknown(path, "repetitions", table, _REPS)
     for key, value in table.items():
-        if key == "min_time_s":
+        if key == "target_ci":
+            if not _is_number(value) or not 0 < value < 1:
+                raise SweepFileError(
+                    f"{_where(path, 'repetitions.target_ci')} must be a fraction between 0 and 1 "
+                    f"(0.05 = +-5%), got {value!r}"
+                )
+        elif key == "min_time_s":
             if not _is_number(value) or not 0 <= value <= 86400:
                 raise SweepFileError(
                     f"{_where(path, 'repetitions.min_time_s')} must be a number of seconds from 0 "

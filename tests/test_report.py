@@ -136,3 +136,20 @@ def test_cli_report_without_rows_is_one_line_exit_2(tmp_path):
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "no result rows" in result.output
     missing = CliRunner().invoke(cli, ["report", str(tmp_path / "nope.jsonl")])
     assert missing.exit_code == 2 and "no results at" in missing.output
+
+
+def test_prefill_rate_is_fitted_from_ttft_against_input_length():
+    import pandas as pd
+
+    from slmbench.analysis import ReportData
+    from slmbench.report import prefill_rate_rows
+
+    # TTFT = 0.2 s + input / 400 tok/s, measured at three lengths
+    configs = pd.DataFrame({"model": "m", "runtime": "onnxruntime", "platform": "cpu", "precision": "fp32",
+                            "batch": 1, "input_len": [256, 512, 1024],
+                            "ttft_s_median": [0.2 + n / 400 for n in (256, 512, 1024)]})
+    empty = pd.DataFrame()
+    data = ReportData(configs, empty, empty, empty, empty, empty, [], [])
+    row = prefill_rate_rows(data).iloc[0]
+    assert row["prefill tok/s"] == "400" and row["fixed"] == "+200 ms" and row["R²"] == "1.000"
+    assert prefill_rate_rows(ReportData(configs.iloc[:2], empty, empty, empty, empty, empty, [], [])).empty

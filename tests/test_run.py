@@ -118,3 +118,19 @@ def test_runtimes_side_by_side_in_one_interleaved_run(tmp_path, cache_dir):
     assert len({r["group"] for r in rows}) == 1
     assert "mode=stateful" in rows[1]["key"] and "mode" not in rows[0]["key"]
     assert rows[0]["label"] == "deconly-tiny@onnxruntime"
+
+
+def test_run_length_from_ci_width(cache_dir):
+    """--target-ci: a loose target stops at min_reps, an unreachable one runs to max_reps."""
+    from slmbench.errors import InvalidOption
+
+    spec = resolve_model("deconly-tiny")
+    for target, expected in ((0.99, 3), (1e-9, 8)):
+        settings = RunSettings(input_len=8, output_len=4, warmup=0, min_reps=3, max_reps=8, min_time_s=0.0,
+                               target_ci=target)
+        row = run_benchmark([spec], "cpu", "onnxruntime", settings=settings, threads=1, cache_dir=cache_dir,
+                            log=lambda m: None)[0]
+        assert len(row["repetitions"]) == expected and row["settings"]["target_ci"] == target
+    for bad in (0, 1.5, float("nan"), True):
+        with pytest.raises(InvalidOption, match="target_ci"):
+            RunSettings(target_ci=bad)
