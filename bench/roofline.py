@@ -44,22 +44,13 @@ def decode_bytes_per_token(cfg, precision: str = "fp32", position: int = 0, sour
     The encoder's weights are not read while decoding, nor the embedding table beyond one row
     (but a tied LM head reads the whole table). KV bytes count fp32 caches at `position`.
     """
-    from slmbench.models.config import ArchConfig
-
-    assert isinstance(cfg, ArchConfig)
-    total = cfg.parameter_count()
-    embedding = cfg.vocab_size * cfg.hidden
-    h, q, kv = cfg.hidden, cfg.attn_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    attention = h * q + 2 * h * kv + q * h
+    weights = cfg.parameter_count()
     if cfg.is_encoder_decoder:
-        encoder_layer = attention + (2 if cfg.gated_mlp else 1) * h * cfg.ffn + cfg.ffn * h + 2 * h
-        encoder = cfg.encoder_layers * encoder_layer + h
-        # cross K/V projections run once per request, not per token
-        weights = total - encoder - cfg.decoder_layers * 2 * h * kv
-    else:
-        weights = total
+        encoder = cfg.encoder_layers * cfg.encoder_layer_parameters + cfg.hidden  # with its final norm
+        cross_kv = cfg.decoder_layers * 2 * cfg.hidden * cfg.kv_heads * cfg.head_dim
+        weights -= encoder + cross_kv  # cross K/V projections run once per request, not per token
     if not cfg.tie_embeddings:
-        weights -= embedding  # the input table is looked up, not streamed
+        weights -= cfg.vocab_size * cfg.hidden  # the input table is looked up, not streamed
     kv_row = 2 * cfg.kv_heads * cfg.head_dim * 4 * cfg.decoder_layers
     kv_bytes = kv_row * position + (kv_row * source_len if cfg.is_encoder_decoder else 0)
     weight_bytes = weights * BYTES_PER_PARAM[precision]

@@ -88,19 +88,30 @@ class ArchConfig:
         except TypeError as exc:
             raise ConfigError(str(exc)) from None
 
-    def parameter_count(self) -> int:
-        """Exact parameter count, computed from the config alone (no torch needed)."""
+    @property
+    def attention_parameters(self) -> int:
+        """One attention block: Q, K, V and output projections (no bias)."""
         h, q, kv = self.hidden, self.attn_heads * self.head_dim, self.kv_heads * self.head_dim
-        attention = h * q + 2 * h * kv + q * h
-        up = (2 if self.gated_mlp else 1) * h * self.ffn
-        mlp = up + self.ffn * h
+        return h * q + 2 * h * kv + q * h
+
+    @property
+    def encoder_layer_parameters(self) -> int:
+        """One encoder block (also a decoder-only block): attention, MLP and two norms."""
+        h = self.hidden
+        mlp = (2 if self.gated_mlp else 1) * h * self.ffn + self.ffn * h
         if self.mlp_bias:
             mlp += (2 if self.gated_mlp else 1) * self.ffn + h
-        encoder_layer = attention + mlp + 2 * h
-        decoder_layer = attention + mlp + 2 * h
-        if self.is_encoder_decoder:
-            decoder_layer += attention + h  # cross-attention and its norm
-        embedding = self.vocab_size * h * (1 if self.tie_embeddings else 2)
-        final_norms = h * (2 if self.is_encoder_decoder else 1)
-        return (self.encoder_layers * encoder_layer + self.decoder_layers * decoder_layer
-                + embedding + final_norms)
+        return self.attention_parameters + mlp + 2 * h
+
+    @property
+    def decoder_layer_parameters(self) -> int:
+        """One decoder block: an encoder-decoder's adds cross-attention and its norm."""
+        cross = self.attention_parameters + self.hidden if self.is_encoder_decoder else 0
+        return self.encoder_layer_parameters + cross
+
+    def parameter_count(self) -> int:
+        """Exact parameter count, computed from the config alone (no torch needed)."""
+        embedding = self.vocab_size * self.hidden * (1 if self.tie_embeddings else 2)
+        final_norms = self.hidden * (2 if self.is_encoder_decoder else 1)
+        return (self.encoder_layers * self.encoder_layer_parameters
+                + self.decoder_layers * self.decoder_layer_parameters + embedding + final_norms)

@@ -98,3 +98,15 @@ def test_config_validation(bad, message):
     base = PRESETS["mu-tiny"].to_dict()
     with pytest.raises(ConfigError, match=message):
         ArchConfig.from_dict({**base, **bad})
+
+
+@pytest.mark.parametrize("name", ["mu-tiny", "deconly-tiny"])
+def test_decode_reads_the_weights_the_module_uses_per_token(name):
+    """Roofline bytes: every parameter except the encoder's and the cross-attention K/V projections
+    (run once per request), counted from the module itself."""
+    from slmbench.roofline import decode_bytes_per_token
+
+    spec = resolve_model(name)
+    per_token = sum(p.numel() for n, p in spec.build().named_parameters()
+                    if not n.startswith("encoder") and ".cross.k_proj" not in n and ".cross.v_proj" not in n)
+    assert decode_bytes_per_token(spec.config)["weight_bytes"] == 4 * per_token
