@@ -11,7 +11,7 @@ import gc
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slmbench.environment import environment
@@ -33,6 +33,76 @@ def config_key(model: str, device: str, runtime: str, precision: str, settings: 
             f"out{settings.output_len}|t{threads or 'auto'}" + (f"|{opts}" if opts else ""))
 
 
+@dataclass
+class Loaded:
+    """A runner ready to measure, with what its row must say about how it got there."""
+
+    spec: ModelSpec
+    runner: object
+    options: dict
+    artifact: object
+    reused: bool
+    load: object  # LoadInfo
+    load_rss: int | None
+
+
+def prepare_and_load(runner, spec: ModelSpec, device: str, precision: str, cache_dir, options: dict,
+                     log=print) -> Loaded:
+    """Export (or reuse) the artifact, load it, time the load, and refuse a device the runtime did
+    not really give us, before anything is timed."""
+    log(f"preparing {spec.name} for {runner.runtime}/{device} ({precision})")
+    artifact, reused = runner.prepare(spec, precision, cache_dir)
+    rss_before = current_rss()
+    started = time.perf_counter()
+    load = runner.load(artifact)
+    load.load_s = time.perf_counter() - started
+    check_device(device, load.device_executed)
+    rss_after = current_rss()
+    load_rss = (rss_after - rss_before) if rss_before and rss_after else None
+    return Loaded(spec, runner, options, artifact, reused, load, load_rss)
+
+
+def result_row(subject: Subject, loaded: Loaded, device: str, precision: str, settings: RunSettings, group: str,
+               env: dict, key_options: dict | None = None) -> dict:
+    """One measured configuration as a result row: identity, statistics, raw timestamps, and the
+    provenance (runtime settings, artifact, environment) needed to trust it later."""
+    spec, runner, load, artifact = loaded.spec, loaded.runner, loaded.load, loaded.artifact
+    options = loaded.options if key_options is None else key_options
+    metrics, warnings = summarize_subject(subject, settings.batch)
+    return {
+        "schema": SCHEMA, "run_id": uuid.uuid4().hex[:12], "group": group,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "key": config_key(spec.name, device, runner.runtime, precision, settings, runner.threads, options),
+        "status": "ok", "error": None,
+        "model": spec.name, "family": spec.family.value, "parameters": spec.parameters,
+        "device": device, "runtime": runner.runtime, "runtime_version": load.runtime_version,
+        "precision": precision, **precision_fields(artifact.manifest, precision),
+        "batch": settings.batch, "input_len": settings.input_len,
+        "output_len": settings.output_len, "threads": runner.threads,
+        "mode": loaded.options.get("mode"),
+        "device_executed": load.device_executed, "device_info": load.device_info,
+        "runtime_options": load.options,
+        "settings": asdict(settings), "label": subject.label,
+        "metrics": metrics, "cold_ttft_s": subject.cold.metrics(settings.batch)["ttft_s"],
+        "load_s": load.load_s, "compile_s": load.compile_s, "load_rss_bytes": loaded.load_rss,
+        "peak_device_memory_bytes": runner.peak_device_memory(),
+        "tokens_generated": subject.reps[0].tokens,
+        "repetitions": [{"timestamps_ns": r.timestamps_ns, "encoder_end_ns": r.encoder_end_ns}
+                        for r in subject.reps],
+        "cold": {"timestamps_ns": subject.cold.timestamps_ns, "encoder_end_ns": subject.cold.encoder_end_ns},
+        "warmup_count": len(subject.warmups),
+        "warnings": warnings,
+        "artifact": {"key": artifact.key, "path": str(artifact.path) if artifact.path else None,
+                     "format": artifact.manifest["format"],
+                     "spec_hash": artifact.manifest["spec_hash"], "reused": loaded.reused,
+                     "export_seconds": artifact.manifest.get("export_seconds"),
+                     "opset": artifact.manifest.get("opset"),
+                     "parity_max_abs_diff": (artifact.manifest["parity"] or {}).get("max_abs_diff"),
+                     "weight_bytes": artifact.weight_bytes, "variant": artifact.manifest.get("variant")},
+        "environment": env,
+    }
+
+
 def run_benchmark(specs: list[ModelSpec], device: str = "cpu", runtime: str | Sequence[str] | None = None,
                   precision: str = "fp32", settings: RunSettings | None = None, threads: int | None = None,
                   results: Path | str | None = None, cache_dir=None, options: dict | None = None,
@@ -51,20 +121,12 @@ def run_benchmark(specs: list[ModelSpec], device: str = "cpu", runtime: str | Se
     for runner_cls in classes:
         opts = runner_cls.run_options(device, settings, options)
         for spec in specs:
-            runner = runner_cls(device, threads, opts)
             label = spec.name if len(classes) == 1 else f"{spec.name}@{runner_cls.runtime}"
-            log(f"preparing {spec.name} for {runner_cls.runtime}/{device} ({precision})")
-            artifact, reused = runner.prepare(spec, precision, cache_dir)
-            rss_before = current_rss()
-            started = time.perf_counter()
-            load = runner.load(artifact)
-            load.load_s = time.perf_counter() - started
-            check_device(device, load.device_executed)
-            rss_after = current_rss()
-            load_rss = (rss_after - rss_before) if rss_before and rss_after else None
-            loaded[label] = (spec, runner_cls, opts, artifact, reused, load, load_rss)
-            subjects.append(Subject(label, runner, spec.config.is_encoder_decoder, spec.config.decoder_start_token))
-    inputs = {label: make_inputs(settings, spec.config.vocab_size) for label, (spec, *_) in loaded.items()}
+            loaded[label] = prepare_and_load(runner_cls(device, threads, opts), spec, device, precision, cache_dir,
+                                             opts, log)
+            subjects.append(Subject(label, loaded[label].runner, spec.config.is_encoder_decoder,
+                                    spec.config.decoder_start_token))
+    inputs = {label: make_inputs(settings, item.spec.config.vocab_size) for label, item in loaded.items()}
     gc.collect()
     load_peak = peak_rss()  # import, export and load included
     reset_peak_rss()  # from here the high-water mark covers the generations only
@@ -76,48 +138,14 @@ def run_benchmark(specs: list[ModelSpec], device: str = "cpu", runtime: str | Se
     env = environment()
     rows = []
     for subject in subjects:
-        spec, runner_cls, options, artifact, reused, load, load_rss = loaded[subject.label]
-        metrics, warnings = summarize_subject(subject, settings.batch)
-        runner = subject.runner
-        row = {
-            "schema": SCHEMA, "run_id": uuid.uuid4().hex[:12], "group": group,
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "key": config_key(spec.name, device, runner_cls.runtime, precision, settings, runner.threads, options),
-            "status": "ok", "error": None,
-            "model": spec.name, "family": spec.family.value, "parameters": spec.parameters,
-            "device": device, "runtime": runner_cls.runtime, "runtime_version": load.runtime_version,
-            "precision": precision, **precision_fields(artifact.manifest, precision),
-            "batch": settings.batch, "input_len": settings.input_len,
-            "output_len": settings.output_len, "threads": runner.threads,
-            "mode": (options or {}).get("mode"),
-            "device_executed": load.device_executed, "device_info": load.device_info,
-            "runtime_options": load.options,
-            "settings": asdict(settings), "compared_with": [s.label for s in subjects if s is not subject],
-            "label": subject.label,
-            "metrics": metrics, "cold_ttft_s": subject.cold.metrics(settings.batch)["ttft_s"],
-            "load_s": load.load_s, "compile_s": load.compile_s,
-            "peak_rss_bytes": peak, "rss_scope": "process, all models of the group loaded",
-            "load_peak_rss_bytes": load_peak,
-            "load_rss_bytes": load_rss, "peak_device_memory_bytes": runner.peak_device_memory(),
-            "tokens_generated": subject.reps[0].tokens,
-            "repetitions": [{"timestamps_ns": r.timestamps_ns, "encoder_end_ns": r.encoder_end_ns}
-                            for r in subject.reps],
-            "cold": {"timestamps_ns": subject.cold.timestamps_ns, "encoder_end_ns": subject.cold.encoder_end_ns},
-            "warmup_count": len(subject.warmups),
-            "warnings": warnings,
-            "artifact": {"key": artifact.key, "path": str(artifact.path) if artifact.path else None,
-                         "format": artifact.manifest["format"],
-                         "spec_hash": artifact.manifest["spec_hash"], "reused": reused,
-                         "export_seconds": artifact.manifest.get("export_seconds"),
-                         "opset": artifact.manifest.get("opset"),
-                         "parity_max_abs_diff": (artifact.manifest["parity"] or {}).get("max_abs_diff"),
-                         "weight_bytes": artifact.weight_bytes, "variant": artifact.manifest.get("variant")},
-            "environment": env,
-        }
+        item = loaded[subject.label]
+        row = result_row(subject, item, device, precision, settings, group, env)
+        row.update({"compared_with": [s.label for s in subjects if s is not subject], "peak_rss_bytes": peak,
+                    "rss_scope": "process, all models of the group loaded", "load_peak_rss_bytes": load_peak})
         if precision in BYTES_PER_PARAM:
-            row["roofline"] = row_roofline(spec.config, precision, settings.input_len, settings.output_len,
-                                           runner.threads or 1)
-            tps = (metrics.get("decode_tps") or {}).get("median")
+            row["roofline"] = row_roofline(item.spec.config, precision, settings.input_len, settings.output_len,
+                                           item.runner.threads or 1)
+            tps = (row["metrics"].get("decode_tps") or {}).get("median")
             row["roofline"]["fraction_of_ceiling"] = (tps / settings.batch / row["roofline"]["ceiling_tokens_per_s"]
                                                       if tps else None)
         rows.append(row)

@@ -14,18 +14,16 @@ the configuration's plain key.
 
 from __future__ import annotations
 
-import time
 import uuid
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from slmbench.benchmark import check_device, config_key
+from slmbench.benchmark import config_key, prepare_and_load, result_row
 from slmbench.environment import environment
 from slmbench.errors import InvalidOption
-from slmbench.measure import RunSettings, Subject, generate, make_inputs, measure, summarize_subject
-from slmbench.results import SCHEMA, append_row, check_writable
+from slmbench.measure import RunSettings, Subject, generate, make_inputs, measure
+from slmbench.results import append_row, check_writable
 
 
 def _loop(subject: Subject, runner, ids: np.ndarray, settings: RunSettings):
@@ -49,12 +47,7 @@ def measure_overhead(spec, settings: RunSettings | None = None, device: str = "c
     if results is not None:
         check_writable(results)
     runner = runner_cls(device, threads)
-    log(f"preparing {spec.name} for {runner_cls.runtime}/{device} ({precision})")
-    artifact, _ = runner.prepare(spec, precision, cache_dir)
-    started = time.perf_counter()
-    load = runner.load(artifact)
-    load.load_s = time.perf_counter() - started
-    check_device(device, load.device_executed)
+    loaded = prepare_and_load(runner, spec, device, precision, cache_dir, {}, log)
     ed, start = spec.config.is_encoder_decoder, spec.config.decoder_start_token
     sides = [Subject("harness", runner, ed, start), Subject("bare", runner, ed, start)]
     ids = make_inputs(settings, spec.config.vocab_size)
@@ -72,29 +65,8 @@ def measure_overhead(spec, settings: RunSettings | None = None, device: str = "c
                            "meaningless")
     group, env = uuid.uuid4().hex[:12], environment()
     plain = config_key(spec.name, device, runner_cls.runtime, precision, settings, runner.threads)
-    rows = []
-    for subject in sides:
-        metrics, warnings = summarize_subject(subject, settings.batch)
-        rows.append({
-            "schema": SCHEMA, "run_id": uuid.uuid4().hex[:12], "group": group,
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "key": config_key(spec.name, device, runner_cls.runtime, precision, settings, runner.threads,
-                              {"loop": subject.label}),
-            "overhead_of": plain, "loop": subject.label, "status": "ok", "error": None,
-            "model": spec.name, "family": spec.family.value, "parameters": spec.parameters,
-            "device": device, "runtime": runner_cls.runtime, "runtime_version": load.runtime_version,
-            "precision": precision, "batch": settings.batch, "input_len": settings.input_len,
-            "output_len": settings.output_len, "threads": runner.threads,
-            "device_executed": load.device_executed, "runtime_options": load.options,
-            "settings": asdict(settings), "metrics": metrics,
-            "cold_ttft_s": subject.cold.metrics(settings.batch)["ttft_s"], "load_s": load.load_s,
-            "tokens_generated": subject.reps[0].tokens,
-            "repetitions": [{"timestamps_ns": r.timestamps_ns, "encoder_end_ns": r.encoder_end_ns}
-                            for r in subject.reps],
-            "warmup_count": len(subject.warmups), "warnings": warnings,
-            "artifact": {"key": artifact.key, "spec_hash": artifact.manifest["spec_hash"]},
-            "environment": env,
-        })
+    rows = [{**result_row(subject, loaded, device, precision, settings, group, env, {"loop": subject.label}),
+             "overhead_of": plain, "loop": subject.label} for subject in sides]
     if results is not None:
         for row in rows:
             append_row(results, row)
