@@ -114,17 +114,17 @@ def test_the_gate_flags_a_real_slowdown(measured):
     assert any("tok/s enc-dec/dec-only: regression" in r for r in report.gate_failures("same-run"))
 
 
-# A tiny model's TTFT is 2-3 ms: two sessions of the same model in one process can sit 20% apart
-# on it with p < 1e-6 (seen in CI), a real but placement-dependent difference, which is why the
-# gate never judges absolute times across runs. Decode metrics and the same-run ratios must agree.
-PLACEMENT_SENSITIVE = ("ttft_s", "prefill_s", "encoder_s", "e2e_s", "e2e_tps")
+# Two sessions of the same tiny model in one process can sit 10-20% apart on absolute TTFT and even
+# decode tok/s with p < 1e-9 (both seen on this machine, in a clean-clone CI run and a plain test
+# run): a real but placement-dependent difference between instances, which is why the gate never
+# judges absolute times across runs. What it does judge, the same-run ratios, must not move.
 
 
 def test_the_same_configuration_twice_is_no_change(measured):
     report = compare(measured["A"], measured["C"], thresholds={"ed_do_ttft": 1.25})  # as `make regress`
     assert report.comparisons and not report.env_differences
-    changed = [c for c in report.comparisons if c.verdict != "no change" and c.metric not in PLACEMENT_SENSITIVE]
-    assert changed == [], changed
+    same_run = [c for c in report.comparisons if c.same_run]
+    assert same_run and all(c.verdict == "no change" for c in same_run), same_run
     assert report.gate_failures("same-run") == []
 
 
