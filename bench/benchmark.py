@@ -143,11 +143,9 @@ def run_benchmark(specs: list[ModelSpec], device: str = "cpu", runtime: str | Se
         row.update({"compared_with": [s.label for s in subjects if s is not subject], "peak_rss_bytes": peak,
                     "rss_scope": "process, all models of the group loaded", "load_peak_rss_bytes": load_peak})
         if precision in BYTES_PER_PARAM:
-            row["roofline"] = row_roofline(item.spec.config, precision, settings.input_len, settings.output_len,
-                                           item.runner.threads or 1)
             tps = (row["metrics"].get("decode_tps") or {}).get("median")
-            row["roofline"]["fraction_of_ceiling"] = (tps / settings.batch / row["roofline"]["ceiling_tokens_per_s"]
-                                                      if tps else None)
+            row["roofline"] = row_roofline(item.spec.config, precision, settings.input_len, settings.output_len,
+                                           item.runner.threads or 1, tps, settings.batch)
         rows.append(row)
     for subject in subjects:
         subject.runner.close()

@@ -129,12 +129,11 @@ def main(models, runtimes, input_len, output_len, threads, min_reps, out, cache_
                                         log=lambda m: console.log(m))
                 ratio = overhead_ratios(rows)[0]
                 harness = next(r for r in rows if r["loop"] == "harness")
-                roof = row_roofline(spec.config, "fp32", input_len, output_len, threads)
                 tps = harness["metrics"]["decode_tps"]["median"]
+                roof = row_roofline(spec.config, "fp32", input_len, output_len, threads, tps)
                 speed.append({"runtime": runtime, "model": spec.name, "family": spec.family.value,
                               "overhead_ttft": ratio["overhead_ttft"], "overhead_step": ratio["overhead_step"],
-                              "ttft_s": harness["metrics"]["ttft_s"]["median"], "decode_tps": tps, **roof,
-                              "fraction_of_ceiling": tps / roof["ceiling_tokens_per_s"]})
+                              "ttft_s": harness["metrics"]["ttft_s"]["median"], "decode_tps": tps, **roof})
         summary["speed"] = speed
         table = Table(title=f"harness overhead and roofline (input {input_len}, output {output_len}, fp32, "
                             f"batch 1, {threads} threads)", title_justify="left")

@@ -89,13 +89,16 @@ def host_bandwidth(threads: int, refresh: bool = False) -> dict:
     return known[key]
 
 
-def row_roofline(cfg, precision: str, input_len: int, output_len: int, threads: int) -> dict:
+def row_roofline(cfg, precision: str, input_len: int, output_len: int, threads: int,
+                 decode_tps: float | None = None, batch: int = 1) -> dict:
     """The ceiling a result row is read against: bytes per decode token at the mean position of
-    the generation, the host's bandwidth, and the tokens/s those allow at batch 1."""
+    the generation, the host's bandwidth, the tokens/s those allow at batch 1, and (given the
+    measured decode tokens/s) the fraction of that ceiling reached."""
     if cfg.is_encoder_decoder:
         need = decode_bytes_per_token(cfg, precision, position=output_len // 2, source_len=input_len)
     else:
         need = decode_bytes_per_token(cfg, precision, position=input_len + output_len // 2)
     bandwidth = host_bandwidth(threads)["read_bytes_per_s"]
-    return {**need, "read_bandwidth_bytes_per_s": bandwidth,
-            "ceiling_tokens_per_s": ceiling_tokens_per_s(need["bytes_per_token"], bandwidth)}
+    ceiling = ceiling_tokens_per_s(need["bytes_per_token"], bandwidth)
+    return {**need, "read_bandwidth_bytes_per_s": bandwidth, "ceiling_tokens_per_s": ceiling,
+            "fraction_of_ceiling": decode_tps / batch / ceiling if decode_tps else None}
