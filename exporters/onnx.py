@@ -169,13 +169,13 @@ def ort_step_logits(folder: Path, graphs: dict, cfg, prompt: np.ndarray, forced:
     else:
         tokens = prompt
     decoder = session("decoder")
-    present_names = kv_names(cfg.decoder_layers, "present")
+    # present_* come out in the order past_* go in: each step feeds outputs back by position
+    assert [n.replace("present", "past") for n in graphs["decoder"]["outputs"][2:]] == list(past)
     logits = []
     for i in range(forced.shape[1] + 1):
         out = decoder.run(None, {"input_ids": tokens, **fixed, **past})
         logits.append(out[0])
-        past = {p: o for p, o in zip(past, out[2:])}
-        assert list(past) == [n.replace("present", "past") for n in present_names]
+        past = dict(zip(past, out[2:]))
         if i < forced.shape[1]:
             tokens = forced[:, i:i + 1]
     return logits
