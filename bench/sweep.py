@@ -205,13 +205,11 @@ def _choice(path: str, key: str, values: tuple, allowed) -> None:
 
 
 def known_runtimes() -> tuple[str, ...]:
-    """Runtimes a sweep may name: the registered ones and those planned for some device."""
+    """Runtimes a sweep may name: the registered ones and those planned for some device, sorted so
+    that error messages do not depend on the registry's insertion order."""
     from slmbench.runners import DEFAULT_RUNTIMES, RUNNERS
 
-    names = list(RUNNERS)
-    for runtimes in DEFAULT_RUNTIMES.values():
-        names += [r for r in runtimes if r not in names]
-    return tuple(names)
+    return tuple(sorted({*RUNNERS, *(r for runtimes in DEFAULT_RUNTIMES.values() for r in runtimes)}))
 
 
 def _grid(path: str, table) -> Grid:

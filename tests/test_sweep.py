@@ -189,3 +189,15 @@ def test_runner_options_are_per_runtime_and_fill_what_run_would(tmp_path):
     }
     key = next(c for c in configs if c.runtime == "openvino" and c.device == "cpu").keys["mu-tiny"]
     assert key.endswith("|kv_cache_precision=f16,mode=stateful")
+
+
+def test_allowed_runtimes_do_not_depend_on_registry_order(monkeypatch):
+    """A runtime registered late (or re-registered) must not reorder the names error messages list."""
+    from slmbench import runners
+    from slmbench.sweep import known_runtimes
+
+    before = known_runtimes()
+    cls = runners.RUNNERS["onnxruntime"]
+    monkeypatch.delitem(runners.RUNNERS, "onnxruntime")
+    monkeypatch.setitem(runners.RUNNERS, "onnxruntime", cls)
+    assert known_runtimes() == before == tuple(sorted(before))
