@@ -67,16 +67,27 @@ def _rows(subjects, specs, group):
 @pytest.fixture(scope="module")
 def measured(cache_dir, tmp_path_factory):
     """Three groups, all interleaved in one run: A (baseline), B (mu-tiny's decoder doing each step
-    twice), C (A again). Written as three result files."""
+    twice), C (A again). Written as three result files.
+
+    All three run on A's loaded ONNX Runtime sessions: two sessions of one tiny model in one process
+    can differ by 10-70% on their own (seen on this machine), which is not a change in the code
+    measured. B's mu-tiny is a DoubleStepRunner over A's sessions, so the doubled decoder step is
+    the only difference between A and B."""
     specs = [resolve_model(m) for m in MODELS]
     plan = {"A": (OnnxRuntimeRunner, OnnxRuntimeRunner), "B": (DoubleStepRunner, OnnxRuntimeRunner),
             "C": (OnnxRuntimeRunner, OnnxRuntimeRunner)}
     subjects, inputs = {}, {}
     for name, classes in plan.items():
         subjects[name] = []
-        for spec, cls in zip(specs, classes, strict=True):
-            runner = cls("cpu", threads=1)
-            runner.load(runner.prepare(spec, "fp32", cache_dir)[0])
+        for i, (spec, cls) in enumerate(zip(specs, classes, strict=True)):
+            if name == "A":
+                runner = cls("cpu", threads=1)
+                runner.load(runner.prepare(spec, "fp32", cache_dir)[0])
+            elif cls is OnnxRuntimeRunner:
+                runner = subjects["A"][i].runner
+            else:  # the same sessions and state as A's runner, with the doubled decode step
+                runner = cls.__new__(cls)
+                runner.__dict__ = dict(subjects["A"][i].runner.__dict__)
             label = f"{name}:{spec.name}"
             subjects[name].append(Subject(label, runner, spec.config.is_encoder_decoder,
                                           spec.config.decoder_start_token))
@@ -114,18 +125,12 @@ def test_the_gate_flags_a_real_slowdown(measured):
     assert any("tok/s enc-dec/dec-only: regression" in r for r in report.gate_failures("same-run"))
 
 
-# Two sessions of the same tiny model in one process can sit 10-20% apart on absolute TTFT and even
-# decode tok/s with p < 1e-9 (both seen on this machine, in a clean-clone CI run and a plain test
-# run): a real but placement-dependent difference between instances, which is why the gate never
-# judges absolute times across runs. What it does judge, the same-run ratios, must not move.
-
-
 def test_the_same_configuration_twice_is_no_change(measured):
-    report = compare(measured["A"], measured["C"], thresholds={"ed_do_ttft": 1.25})  # as `make regress`
+    report = compare(measured["A"], measured["C"])
     assert report.comparisons and not report.env_differences
-    same_run = [c for c in report.comparisons if c.same_run]
-    assert same_run and all(c.verdict == "no change" for c in same_run), same_run
-    assert report.gate_failures("same-run") == []
+    changed = [c for c in report.comparisons if c.verdict != "no change"]
+    assert changed == [], changed
+    assert report.gate_failures("all") == []
 
 
 def test_compare_command_exit_codes_on_real_measurements(measured, tmp_path):
