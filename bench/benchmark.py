@@ -17,6 +17,7 @@ from pathlib import Path
 from slmbench.environment import environment
 from slmbench.errors import DeviceUnavailable
 from slmbench.exporters.precision import row_fields as precision_fields
+from slmbench.hugepages import back_with_huge_pages
 from slmbench.measure import RunSettings, Subject, generate, make_inputs, measure, summarize_subject
 from slmbench.memory import current_rss, peak_rss, reset_peak_rss
 from slmbench.models import ModelSpec
@@ -44,6 +45,7 @@ class Loaded:
     reused: bool
     load: object  # LoadInfo
     load_rss: int | None
+    huge_pages: dict | None = None
 
 
 def prepare_and_load(runner, spec: ModelSpec, device: str, precision: str, cache_dir, options: dict,
@@ -57,9 +59,14 @@ def prepare_and_load(runner, spec: ModelSpec, device: str, precision: str, cache
     load = runner.load(artifact)
     load.load_s = time.perf_counter() - started
     check_device(device, load.device_executed)
+    huge = back_with_huge_pages()  # the weights just loaded: untimed, recorded in the row
+    if huge.get("collapsed_bytes"):
+        log(f"backed {huge['collapsed_bytes'] / 2**30:.2f} GiB with huge pages in {huge['seconds']:.1f}s")
+    elif huge["status"] not in ("nothing to do", "collapsed"):
+        log(f"huge pages: {huge['status']}{' (' + ', '.join(huge['errors']) + ')' if huge.get('errors') else ''}")
     rss_after = current_rss()
     load_rss = (rss_after - rss_before) if rss_before and rss_after else None
-    return Loaded(spec, runner, options, artifact, reused, load, load_rss)
+    return Loaded(spec, runner, options, artifact, reused, load, load_rss, huge)
 
 
 def result_row(subject: Subject, loaded: Loaded, device: str, precision: str, settings: RunSettings, group: str,
@@ -85,6 +92,7 @@ def result_row(subject: Subject, loaded: Loaded, device: str, precision: str, se
         "settings": asdict(settings), "label": subject.label,
         "metrics": metrics, "cold_ttft_s": subject.cold.metrics(settings.batch)["ttft_s"],
         "load_s": load.load_s, "compile_s": load.compile_s, "load_rss_bytes": loaded.load_rss,
+        "huge_pages": loaded.huge_pages,
         "peak_device_memory_bytes": runner.peak_device_memory(),
         "tokens_generated": subject.reps[0].tokens,
         "repetitions": [{"timestamps_ns": r.timestamps_ns, "encoder_end_ns": r.encoder_end_ns}

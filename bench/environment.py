@@ -65,6 +65,8 @@ def _versions() -> dict[str, str]:
 def environment() -> dict:
     import psutil
 
+    from slmbench.hugepages import thp_mode
+
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -77,6 +79,7 @@ def environment() -> dict:
         "logical_cores": psutil.cpu_count(logical=True),
         "cpus_allowed": affinity,
         "memory_bytes": psutil.virtual_memory().total,
+        "transparent_hugepages": thp_mode(),
         "os": platform.platform(),
         "python": platform.python_version(),
         "packages": _versions(),

@@ -8,7 +8,8 @@ Prints, for a model pair on CPU and each runtime that has a bare loop:
   for fp32 decoder-only on the faster runtime);
 - export time of the pair from an empty cache (goal < 3 min) and a cache hit (goal < 1 s);
 - peak RSS while generating, against the artifact's weight bytes (goal <= 1.5x), each model in
-  its own process so nothing else is counted.
+  its own process so nothing else is counted;
+- how much of the process sat on huge pages after the load (slmbench.hugepages).
 Figures are printed and appended as one JSON line to --out. Speed claims live here, not in tests.
 """
 
@@ -59,6 +60,15 @@ def _peak_rss(model: str, runtime: str, input_len: int, output_len: int, threads
     weights = row["artifact"]["weight_bytes"]
     return {"model": model, "runtime": runtime, "weight_bytes": weights, "run_peak_rss_bytes": row["peak_rss_bytes"],
             "run_ratio": row["peak_rss_bytes"] / weights, "process_peak_rss_bytes": row.get("load_peak_rss_bytes")}
+
+
+def _huge(record: dict | None) -> str:
+    """The process's anonymous memory on huge pages after the load, or why there is none."""
+    if not record:
+        return "-"
+    if record.get("anon_huge_bytes") and record["status"] in ("collapsed", "nothing to do"):
+        return f"{record['anon_huge_bytes'] / 2**30:.2f} GiB"
+    return record["status"]
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -133,12 +143,13 @@ def main(models, runtimes, input_len, output_len, threads, min_reps, out, cache_
                 roof = row_roofline(spec.config, "fp32", input_len, output_len, threads, tps)
                 speed.append({"runtime": runtime, "model": spec.name, "family": spec.family.value,
                               "overhead_ttft": ratio["overhead_ttft"], "overhead_step": ratio["overhead_step"],
-                              "ttft_s": harness["metrics"]["ttft_s"]["median"], "decode_tps": tps, **roof})
+                              "ttft_s": harness["metrics"]["ttft_s"]["median"], "decode_tps": tps,
+                              "huge_pages": harness.get("huge_pages"), **roof})
         summary["speed"] = speed
         table = Table(title=f"harness overhead and roofline (input {input_len}, output {output_len}, fp32, "
                             f"batch 1, {threads} threads)", title_justify="left")
         for col in ("runtime", "model", "TTFT", "TTFT ratio", "step ratio", "bytes/token", "ceiling tok/s",
-                    "decode tok/s", "of ceiling"):
+                    "decode tok/s", "of ceiling", "huge pages"):
             table.add_column(col, justify="left" if col in ("runtime", "model") else "right")
         for s in speed:
             ok = lambda v, goal, below=True: f"[{'green' if (v <= goal if below else v >= goal) else 'red'}]"
@@ -146,7 +157,7 @@ def main(models, runtimes, input_len, output_len, threads, min_reps, out, cache_
                           ok(s["overhead_ttft"], GOALS["overhead"]) + f"{s['overhead_ttft']:.3f}x",
                           ok(s["overhead_step"], GOALS["overhead"]) + f"{s['overhead_step']:.3f}x",
                           f"{s['bytes_per_token'] / 1e6:.0f} MB", f"{s['ceiling_tokens_per_s']:.1f}",
-                          f"{s['decode_tps']:.1f}", f"{100 * s['fraction_of_ceiling']:.0f}%")
+                          f"{s['decode_tps']:.1f}", f"{100 * s['fraction_of_ceiling']:.0f}%", _huge(s["huge_pages"]))
         console.print(table)
 
         memory = [_peak_rss(spec.name, runtime, input_len, output_len, threads, run_cache)

@@ -131,9 +131,12 @@ def artifact_key(spec: ModelSpec, fmt: str, variant: dict, exporter_code: str) -
 
 
 def code_digest(*modules: str) -> str:
-    """Digest of exporter source files, so that a changed exporter invalidates its cache."""
+    """Digest of exporter source files and of the model code they trace (blocks, families), so
+    that a changed exporter or a changed block invalidates the cache."""
+    from slmbench.models import blocks, families
+
     h = hashlib.sha256()
-    for module in modules:
+    for module in (*modules, blocks.__file__, families.__file__):
         h.update(Path(module).read_bytes())
     return h.hexdigest()[:16]
 

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from slmbench.exporters import parity
+from slmbench.exporters import fold_shapes, parity
 from slmbench.exporters.artifact import Artifact, code_digest, ensure_artifact
 from slmbench.exporters.precision import check_supported, onnx_recipe
 from slmbench.models.spec import ModelSpec
 
-OPSET = 17
+OPSET = 20
 PRECISIONS = ("fp32", "fp16", "int8", "int4")  # fp32 here; the others derive from it (quantize_onnx.py)
 
 
@@ -99,6 +99,18 @@ def _export_graph(module, args, path: Path, inputs, outputs, dynamic: dict) -> N
         warnings.simplefilter("ignore")
         torch.onnx.export(module, tuple(args), str(path), input_names=inputs, output_names=outputs,
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    fold_graph_shapes(path)
+
+
+def fold_graph_shapes(path: Path) -> None:
+    """Constant Reshape targets in place of the tracer's per-layer shape arithmetic (fold_shapes)."""
+    import onnx
+
+    from slmbench.exporters.fold_shapes import fold_reshape_shapes
+
+    model = onnx.load(str(path), load_external_data=False)  # external weights stay where they are
+    if fold_reshape_shapes(model):
+        onnx.save(model, str(path))
 
 
 def _axes(names, axes):
@@ -188,4 +200,5 @@ def onnx_artifact(spec: ModelSpec, precision: str = "fp32", cache_dir=None, forc
 
         return quantized_onnx_artifact(spec, precision, cache_dir, force)
     return ensure_artifact(spec, "onnx", {"precision": precision}, export_onnx,
-                           code_digest(__file__, parity.__file__), cache_dir, force)
+                           code_digest(__file__, parity.__file__, fold_shapes.__file__), cache_dir,
+                           force)

@@ -36,12 +36,12 @@ from slmbench.exporters.onnx import OPSET, kv_layout, kv_names
 def decoder_stack(model, input_ids, position_ids, allowed, past=None, cross=None, cross_allowed=None):
     """The decoder layers with explicit positions and visibility; returns (hidden [B,T,H], present)."""
     x = model.embed(input_ids)
-    cos, sin = model.rotary(position_ids, x.dtype)
+    rope = model.rotary(position_ids, x.dtype)
     present = []
     for i, layer in enumerate(model.decoder):
         pk, pv = past[i] if past is not None else (None, None)
         ck, cv = cross[i] if cross is not None else (None, None)
-        x, k, v = layer(x, cos, sin, allowed, pk, pv, ck, cv, cross_allowed)
+        x, k, v = layer(x, rope, allowed, pk, pv, ck, cv, cross_allowed)
         present.append((k, v))
     return x, present
 

@@ -33,64 +33,89 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """RoPE tables computed from explicit positions, once per forward and shared by all layers."""
+    """RoPE tables computed from explicit positions, once per forward and shared by all layers.
+
+    Returns (cos, signed_sin, swap): cos/sin shaped [B, T, 1, D] for token-major [B, T, H, D]
+    heads, the sine with rotate-half's sign folded in (-sin on the first half), and `swap`, the
+    index that exchanges the halves. x[..., swap] * signed_sin is exactly rotate_half(x) * sin,
+    exported as one Gather where slicing, negating and concatenating took four nodes per use
+    (plus shape arithmetic), which ONNX Runtime pays on every decode step. No weight-like
+    constant is involved, so weight quantizers leave it alone.
+    """
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        half = head_dim // 2
+        self.register_buffer("swap", torch.cat([torch.arange(half, head_dim), torch.arange(half)]), persistent=False)
+        self.register_buffer("sign", torch.cat([-torch.ones(half), torch.ones(half)]), persistent=False)
 
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype):
         freqs = positions.to(torch.float32)[..., None] * self.inv_freq  # [B, T, D/2]
-        angles = torch.cat([freqs, freqs], dim=-1)[:, None]  # [B, 1, T, D]
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+        angles = torch.cat([freqs, freqs], dim=-1)[:, :, None]  # [B, T, 1, D]
+        return angles.cos().to(dtype), (angles.sin() * self.sign).to(dtype), self.swap
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+def apply_rotary(x: torch.Tensor, rope) -> torch.Tensor:
+    """x [B, T, H, D] token-major; rope = Rotary's (cos, signed_sin, swap)."""
+    cos, signed_sin, swap = rope
+    return x * cos + x.index_select(-1, swap) * signed_sin
 
 
 class Attention(nn.Module):
-    """Grouped-query attention; the inner width (heads * head_dim) may differ from `hidden`."""
+    """Grouped-query attention; the inner width (heads * head_dim) may differ from `hidden`.
 
-    def __init__(self, cfg: ArchConfig):
+    Self-attention projects Q, K and V with one matmul (`qkv_proj`) and rotates Q and K together;
+    cross-attention projects Q from the decoder and K, V from the encoder (`kv_proj`, once per
+    request). One wide matmul in place of three narrow ones is the same arithmetic, but a decode
+    step launches (and splits across threads) a third as many weight reads per block.
+    """
+
+    def __init__(self, cfg: ArchConfig, cross: bool = False):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = cfg.attn_heads, cfg.kv_heads, cfg.head_dim
         inner, kv_inner = cfg.attn_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-        self.q_proj = nn.Linear(cfg.hidden, inner, bias=False)
-        self.k_proj = nn.Linear(cfg.hidden, kv_inner, bias=False)
-        self.v_proj = nn.Linear(cfg.hidden, kv_inner, bias=False)
+        if cross:
+            self.q_proj = nn.Linear(cfg.hidden, inner, bias=False)
+            self.kv_proj = nn.Linear(cfg.hidden, 2 * kv_inner, bias=False)
+        else:
+            self.qkv_proj = nn.Linear(cfg.hidden, inner + 2 * kv_inner, bias=False)
         self.o_proj = nn.Linear(inner, cfg.hidden, bias=False)
+        self.scale = cfg.head_dim ** -0.5  # a Python float: a constant in the graph
 
-    def _split(self, x: torch.Tensor, heads: int) -> torch.Tensor:
-        b, t, _ = x.shape
-        return x.view(b, t, heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
+    def _heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        return x.view(*x.shape[:2], heads, self.head_dim)  # [B, T, H, D], token-major
 
     def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._split(self.k_proj(x), self.kv_heads), self._split(self.v_proj(x), self.kv_heads)
+        """Cross-attention K/V, [B, Hkv, S, D] (no rotary: Mu)."""
+        k, v = self._heads(self.kv_proj(x), 2 * self.kv_heads).transpose(1, 2).split(self.kv_heads, dim=1)
+        return k, v
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """q [B,Hq,T,D], k/v [B,Hkv,S,D], allowed broadcastable to [B,1,1,T,S] (bool)."""
-        b, _, t, d = q.shape
+        """q [B,T,Hq,D] token-major, k/v [B,Hkv,S,D], allowed broadcastable to [B,1,1,T,S] (bool).
+
+        Every view keeps the leading dims of its own input: the exporter folds those into
+        constant Reshape targets (exporters/fold_shapes.py)."""
         group = self.heads // self.kv_heads
-        q = q.reshape(b, self.kv_heads, group, t, d)
-        scores = torch.matmul(q, k.unsqueeze(2).transpose(-1, -2)) * (d ** -0.5)  # [B,Hkv,G,T,S]
+        q = q.view(*q.shape[:2], self.kv_heads, group, self.head_dim).permute(0, 2, 3, 1, 4)  # [B,Hkv,G,T,D]
+        scores = torch.matmul(q, k.unsqueeze(2).transpose(-1, -2)) * self.scale  # [B,Hkv,G,T,S]
         scores = torch.where(allowed, scores, torch.finfo(scores.dtype).min)
         probs = F.softmax(_f32(scores), dim=-1).to(q.dtype)
         out = torch.matmul(probs, v.unsqueeze(2))  # [B,Hkv,G,T,D]
-        return self.o_proj(out.reshape(b, self.heads, t, d).transpose(1, 2).reshape(b, t, self.heads * d))
+        out = out.permute(0, 3, 1, 2, 4)  # [B,T,Hkv,G,D]
+        return self.o_proj(out.reshape(*out.shape[:2], self.heads * self.head_dim))
 
-    def self_attention(self, x, cos, sin, allowed, past_k=None, past_v=None, cache_len=None):
+    def self_attention(self, x, rope, allowed, past_k=None, past_v=None, cache_len=None):
         """Returns (output, keys, values) where keys/values include the past (the new cache).
 
         With `cache_len` (eager PyTorch only; exports never pass it) past_k/past_v are preallocated
         [B, Hkv, max_len, D] buffers holding `cache_len` filled rows: the new rows are written in
         place after them and attention reads the filled prefix, so no tensor grows per step."""
-        q = apply_rotary(self._split(self.q_proj(x), self.heads), cos, sin)
-        k, v = self.project_kv(x)
-        k = apply_rotary(k, cos, sin)
+        qk, v = self._heads(self.qkv_proj(x), self.heads + 2 * self.kv_heads).split(
+            [self.heads + self.kv_heads, self.kv_heads], dim=2)
+        q, k = apply_rotary(qk, rope).split([self.heads, self.kv_heads], dim=2)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
         if cache_len is not None:
             end = cache_len + k.shape[2]
             past_k[:, :, cache_len:end] = k
@@ -103,7 +128,7 @@ class Attention(nn.Module):
 
     def cross_attention(self, x, k, v, allowed):
         """No rotary embedding on cross-attention (Mu); K/V come precomputed from the encoder."""
-        return self.attend(self._split(self.q_proj(x), self.heads), k, v, allowed)
+        return self.attend(self._heads(self.q_proj(x), self.heads), k, v, allowed)
 
 
 class MLP(nn.Module):
@@ -136,8 +161,8 @@ class EncoderLayer(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, allowed):
-        x = x + self.attn.self_attention(self.attn_norm(x), cos, sin, allowed)[0]
+    def forward(self, x, rope, allowed):
+        x = x + self.attn.self_attention(self.attn_norm(x), rope, allowed)[0]
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -149,13 +174,13 @@ class DecoderLayer(nn.Module):
         self.attn_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
         self.attn = Attention(cfg)
         self.cross_norm = RMSNorm(cfg.hidden, cfg.norm_eps) if cross else None
-        self.cross = Attention(cfg) if cross else None
+        self.cross = Attention(cfg, cross=True) if cross else None
         self.mlp_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, allowed, past_k, past_v, cross_k=None, cross_v=None, cross_allowed=None,
+    def forward(self, x, rope, allowed, past_k, past_v, cross_k=None, cross_v=None, cross_allowed=None,
                 cache_len=None):
-        h, k, v = self.attn.self_attention(self.attn_norm(x), cos, sin, allowed, past_k, past_v, cache_len)
+        h, k, v = self.attn.self_attention(self.attn_norm(x), rope, allowed, past_k, past_v, cache_len)
         x = x + h
         if self.cross is not None:
             x = x + self.cross.cross_attention(self.cross_norm(x), cross_k, cross_v, cross_allowed)

@@ -58,12 +58,12 @@ class _LanguageModel(nn.Module):
                      cache_len=None):
         past_len = past[0][0].shape[2] if cache_len is None else cache_len
         x = self.embed(input_ids)
-        cos, sin = self.rotary(self._decoder_positions(input_ids, past_len, position_ids), x.dtype)
+        rope = self.rotary(self._decoder_positions(input_ids, past_len, position_ids), x.dtype)
         allowed = causal_allowed(past_len, input_ids.shape[1], attention_mask, x.device)
         present = []
         for i, layer in enumerate(self.decoder):
             ck, cv = cross[i] if cross is not None else (None, None)
-            x, k, v = layer(x, cos, sin, allowed, past[i][0], past[i][1], ck, cv, cross_allowed, cache_len)
+            x, k, v = layer(x, rope, allowed, past[i][0], past[i][1], ck, cv, cross_allowed, cache_len)
             present.append((k, v))
         return self._logits(x), present
 
@@ -90,10 +90,10 @@ class EncoderDecoder(_LanguageModel):
         length = mask.sum(-1, keepdim=True)
         positions = (torch.cumsum(mask, -1) - 1) - torch.div(length, 2, rounding_mode="floor")
         x = self.embed(input_ids)
-        cos, sin = self.rotary(positions, x.dtype)
+        rope = self.rotary(positions, x.dtype)
         allowed = key_allowed(attention_mask)
         for layer in self.encoder:
-            x = layer(x, cos, sin, allowed)
+            x = layer(x, rope, allowed)
         return self.encoder_norm(x)
 
     def cross_kv(self, hidden: torch.Tensor) -> KV:

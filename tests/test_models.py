@@ -108,5 +108,5 @@ def test_decode_reads_the_weights_the_module_uses_per_token(name):
 
     spec = resolve_model(name)
     per_token = sum(p.numel() for n, p in spec.build().named_parameters()
-                    if not n.startswith("encoder") and ".cross.k_proj" not in n and ".cross.v_proj" not in n)
+                    if not n.startswith("encoder") and ".cross.kv_proj" not in n)
     assert decode_bytes_per_token(spec.config)["weight_bytes"] == 4 * per_token

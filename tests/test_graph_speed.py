@@ -1,0 +1,125 @@
+"""What keeps the harness's graphs lean and its weights on huge pages (issue 10). Speed itself is
+measured by `make perf`, not here: these tests check the mechanisms, exactly."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from slmbench.exporters.fold_shapes import fold_reshape_shapes
+from slmbench.hugepages import anon_huge_bytes, back_with_huge_pages, thp_mode
+from slmbench.models import resolve_model
+from slmbench.models.blocks import Rotary, apply_rotary
+
+
+def _split_heads_graph(copy_from_other: bool):
+    """Reshape(x, Concat(Unsqueeze(Gather(Shape(src), 0)), Unsqueeze(Gather(Shape(src), 1)), [4, 16])):
+    what the tracer writes for x.view(*x.shape[:2], 4, 16); src is x itself or another tensor."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "t", 64])
+    src = "y" if copy_from_other else "x"
+    nodes = [helper.make_node("Shape", [src], ["s"])]
+    for i in (0, 1):
+        nodes += [helper.make_node("Constant", [], [f"i{i}"], value=numpy_helper.from_array(np.array(i, np.int64))),
+                  helper.make_node("Gather", ["s", f"i{i}"], [f"g{i}"], axis=0),
+                  helper.make_node("Unsqueeze", [f"g{i}", "zero"], [f"u{i}"])]
+    nodes += [helper.make_node("Concat", ["u0", "u1", "tail"], ["shape"], axis=0),
+              helper.make_node("Reshape", ["x", "shape"], ["out"])]
+    inits = [numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([4, 16], np.int64), "tail")]
+    graph = helper.make_graph(nodes, "g", [x, y], [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+def _run(model, x, y):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x, "y": y})[0]
+
+
+def test_a_reshape_that_keeps_its_own_leading_dims_folds_to_a_constant_target():
+    model = _split_heads_graph(copy_from_other=False)
+    x = np.random.rand(2, 3, 64).astype(np.float32)
+    before = _run(model, x, x)
+    assert fold_reshape_shapes(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Reshape"]  # the shape arithmetic is gone
+    target = next(t for t in model.graph.initializer if t.name == model.graph.node[0].input[1])
+    assert numpy_helper.to_array(target).tolist() == [0, 0, 4, 16]
+    np.testing.assert_array_equal(_run(model, x, x), before)
+    x5 = np.random.rand(5, 7, 64).astype(np.float32)  # still dynamic in batch and time
+    assert _run(model, x5, x5).shape == (5, 7, 4, 16)
+
+
+def test_a_reshape_to_another_tensors_dims_is_left_alone():
+    model = _split_heads_graph(copy_from_other=True)
+    nodes = list(model.graph.node)
+    assert fold_reshape_shapes(model) == 0
+    assert list(model.graph.node) == nodes
+
+
+@pytest.mark.parametrize("name", ["deconly-tiny", "mu-tiny"])
+def test_exported_decoder_has_no_per_layer_shape_arithmetic(tiny_onnx, name):
+    """One fused QKV matmul per self-attention block and no Shape node inside any layer; the
+    parity check against PyTorch (in the manifest) ran on this very graph."""
+    artifact = tiny_onnx[name]
+    graph = onnx.load(str(artifact.graph_path("decoder")), load_external_data=False).graph
+    cfg = resolve_model(name).config
+    in_layers = [n for n in graph.node if "/decoder." in n.name]
+    assert not [n.name for n in in_layers if n.op_type == "Shape"]
+    assert sum("qkv_proj" in n.name and n.op_type == "MatMul" for n in in_layers) == cfg.decoder_layers
+    assert artifact.manifest["parity"]["max_abs_diff"] < 1e-4
+
+
+def test_rotary_by_gather_is_exactly_rotate_half():
+    rotary = Rotary(16, 10000.0)
+    cos, signed_sin, swap = rotary(torch.arange(5)[None], torch.float32)
+    freqs = torch.arange(5.0)[:, None] * rotary.inv_freq
+    sin = torch.cat([freqs, freqs], -1).sin()[None, :, None]
+    x = torch.randn(1, 5, 3, 16)
+    rotate_half = torch.cat([-x[..., 8:], x[..., :8]], dim=-1)
+    assert torch.equal(apply_rotary(x, (cos, signed_sin, swap)), x * cos + rotate_half * sin)
+
+
+def _small_page_buffer(mb: int = 64):
+    """Touched anonymous memory from malloc, which (THP `madvise`) sits on 4 KiB pages."""
+    buf = ctypes.create_string_buffer(mb << 20)
+    ctypes.memset(buf, 1, mb << 20)
+    return buf
+
+
+def test_loaded_memory_is_moved_to_huge_pages_or_the_reason_is_recorded():
+    buf = _small_page_buffer()
+    before = anon_huge_bytes()
+    result = back_with_huge_pages()
+    assert result["thp_mode"] == thp_mode()
+    if result["status"] != "collapsed" and "Invalid argument" in result.get("errors", ["Invalid argument"]):
+        pytest.skip(f"no MADV_COLLAPSE here: {result}")
+    assert result["status"] == "collapsed", result
+    assert result["anon_huge_bytes"] >= before + (32 << 20)  # most of the 64 MiB buffer at least
+    assert bytes(buf[:4]) == b"\x01" * 4  # contents survive the move
+    again = back_with_huge_pages()
+    assert again["collapsed_bytes"] < result["collapsed_bytes"]  # only new small-page memory is touched
+
+
+def test_huge_pages_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("SLMBENCH_HUGE_PAGES", "0")
+    _small_page_buffer(16)
+    assert back_with_huge_pages()["status"].startswith("disabled")
+
+
+def test_every_row_says_what_happened_to_huge_pages(tmp_path, quick_settings):
+    from slmbench.benchmark import run_benchmark
+
+    row = run_benchmark([resolve_model("deconly-tiny")], "cpu", "onnxruntime", settings=quick_settings,
+                        results=tmp_path / "r.jsonl", log=lambda m: None)[0]
+    assert row["huge_pages"]["status"] and "thp_mode" in row["huge_pages"]
+    assert row["environment"]["transparent_hugepages"] == thp_mode()
+    assert os.path.exists(tmp_path / "r.jsonl")
