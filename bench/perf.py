@@ -43,6 +43,17 @@ def _export_times(specs, runtimes, cache_dir: Path) -> dict:
     return out
 
 
+def _in_child(fn, *args):
+    """Run fn in a fresh (spawned) process: exporting builds the models in PyTorch and leaves
+    gigabytes of freed, fragmented heap behind, which must not shape the memory (and huge-page
+    layout) of the runtimes measured afterwards in this process."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def _peak_rss(model: str, runtime: str, input_len: int, output_len: int, threads: int, cache_dir: Path) -> dict:
     """One model alone in a child process: its peak RSS while generating (the counter is reset
     after load) and its peak while importing, exporting and loading, both from the row."""
@@ -114,10 +125,10 @@ def main(models, runtimes, input_len, output_len, threads, min_reps, out, cache_
 
     with tempfile.TemporaryDirectory(prefix="slmbench-perf-") as fresh:
         console.print("exporting the pair into an empty cache ...")
-        summary["export"] = _export_times(specs, runtimes, Path(fresh))
+        summary["export"] = _in_child(_export_times, specs, runtimes, Path(fresh))
         run_cache = cache_dir or Path(fresh)
         if cache_dir:
-            _export_times(specs, runtimes, cache_dir)  # warm the run cache too
+            _in_child(_export_times, specs, runtimes, cache_dir)  # warm the run cache too
         table = Table(title="export (empty cache) and re-export (cache hit)", title_justify="left")
         for col in ("runtime", "pair export", "goal", "cache hit", "goal"):
             table.add_column(col, justify="right" if col != "runtime" else "left")
