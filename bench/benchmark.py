@@ -61,7 +61,7 @@ def prepare_and_load(runner, spec: ModelSpec, device: str, precision: str, cache
     check_device(device, load.device_executed)
     huge = back_with_huge_pages()  # the weights just loaded: untimed, recorded in the row
     if huge.get("collapsed_bytes"):
-        log(f"backed {huge['collapsed_bytes'] / 2**30:.2f} GiB with huge pages in {huge['seconds']:.1f}s")
+        log(f"backed {huge['collapsed_bytes'] / 2**20:.0f} MiB with huge pages in {huge['seconds']:.1f}s")
     elif huge["status"] not in ("nothing to do", "collapsed"):
         log(f"huge pages: {huge['status']}{' (' + ', '.join(huge['errors']) + ')' if huge.get('errors') else ''}")
     rss_after = current_rss()

@@ -106,10 +106,8 @@ def fold_graph_shapes(path: Path) -> None:
     """Constant Reshape targets in place of the tracer's per-layer shape arithmetic (fold_shapes)."""
     import onnx
 
-    from slmbench.exporters.fold_shapes import fold_reshape_shapes
-
     model = onnx.load(str(path), load_external_data=False)  # external weights stay where they are
-    if fold_reshape_shapes(model):
+    if fold_shapes.fold_reshape_shapes(model):
         onnx.save(model, str(path))
 
 
