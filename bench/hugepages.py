@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25
+MADV_COLLAPSE = 25
 HUGE_PAGE = 2 << 20
 SMALL_PAGE = 4096
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
@@ -111,8 +111,9 @@ def back_with_huge_pages() -> dict:
     huge_before, refused, errors = anon_huge_bytes() or 0, 0, set()
     with open("/proc/self/pagemap", "rb") as pagemap:
         ranges = [r for lo, hi in list(_anonymous_regions()) for r in _dense_ranges(lo, hi, pagemap)]
+    # No MADV_HUGEPAGE: with THP defrag `madvise` (the default) it makes every later fault in the
+    # range compact memory synchronously, which stalled prefill's allocations (TTFT).
     for start, end in ranges:  # ranges already on huge pages return at once
-        libc.madvise(start, end - start, MADV_HUGEPAGE)
         if libc.madvise(start, end - start, MADV_COLLAPSE) != 0:
             # EAGAIN/ENOMEM: no free huge page; EINVAL: kernel < 6.1 or an unsuitable range
             refused += end - start

@@ -1,8 +1,9 @@
 """Fold the tracer's shape arithmetic into constant Reshape targets.
 
-The TorchScript exporter turns `unflatten`/`flatten` on a dynamic batch or sequence axis into
-Shape -> Slice -> Concat -> Reshape per use: five nodes that ONNX Runtime executes on every decode
-step, five times per layer. A Reshape whose target copies dimensions of its own input at the same
+The TorchScript exporter turns `x.view(*x.shape[:2], h, d)` on dynamic batch and sequence axes
+into Shape -> Gather -> Unsqueeze -> Concat -> Reshape per use (and `unflatten`/`flatten` into
+Shape -> Slice -> Concat -> Reshape): nodes that ONNX Runtime executes on every decode step, several
+times per layer. A Reshape whose target copies dimensions of its own input at the same
 positions needs none of that: ONNX Reshape's 0 means "keep this dimension of the input" (with
 allowzero=0, the default the exporter writes), and one remaining dimension can be -1. The rewrite
 is exact (the parity check runs after it) and leaves any shape it cannot prove alone.
