@@ -198,5 +198,4 @@ def onnx_artifact(spec: ModelSpec, precision: str = "fp32", cache_dir=None, forc
 
         return quantized_onnx_artifact(spec, precision, cache_dir, force)
     return ensure_artifact(spec, "onnx", {"precision": precision}, export_onnx,
-                           code_digest(__file__, parity.__file__, fold_shapes.__file__), cache_dir,
-                           force)
+                           code_digest(__file__, parity.__file__), cache_dir, force)
