@@ -213,21 +213,19 @@ def run(model_names, device, runtimes, precision, input_len, output_len, batch, 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from slmbench.benchmark import run_benchmark
+    from slmbench.config import RunSettings, plan
     from slmbench.display import pair_ratios, ratio_table, runtime_table, summary_table
-    from slmbench.errors import InvalidOption
-    from slmbench.measure import RunSettings
     from slmbench.models import resolve_model
-    from slmbench.runners import select_runner
+    from slmbench.results import append_rows, check_writable
 
-    if threads is not None and threads <= 0:
-        raise InvalidOption(f"--threads must be a positive integer, got {threads}")
     settings = RunSettings(batch=batch, input_len=input_len, output_len=output_len, warmup=warmup,
                            min_reps=min_reps, min_time_s=min_time, max_reps=max_reps,
                            target_ci=target_ci)
-    specs = [resolve_model(name) for name in model_names]
     options = _openvino_options(device, runtimes, ov_mode, kv_cache_precision, ov_cache_dir)
-    for name in runtimes or (None,):
-        select_runner(device, name)  # an absent device fails here, before any progress display
+    # An absent device, a repeated model or bad thread count fails here, before any progress display.
+    configs = plan(model_names, device, list(runtimes) or [None], precision, settings, threads, options)
+    specs = [resolve_model(c.model) for c in configs]
+    check_writable(results)
     console = _console()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
@@ -238,9 +236,8 @@ def run(model_names, device, runtimes, precision, input_len, output_len, batch, 
                 tasks[label] = bar.add_task(f"{label} repetitions", total=settings.min_reps)
             bar.update(tasks[label], completed=done, total=max(done, settings.min_reps))
 
-        rows = run_benchmark(specs, device, list(runtimes) or None, precision, settings, threads, results,
-                             cache_dir,
-                             options=options, log=lambda msg: console.log(msg), progress=progress)
+        rows = run_benchmark(configs, cache_dir=cache_dir, log=lambda msg: console.log(msg), progress=progress,
+                             specs=specs)
     console.print(summary_table(rows))
     ratios = pair_ratios(rows)
     if ratios:
@@ -250,7 +247,8 @@ def run(model_names, device, runtimes, precision, input_len, output_len, batch, 
     for row in rows:
         for warning in row["warnings"]:
             console.print(f"[yellow]warning[/yellow] {row['model']}: {warning}")
-    console.print(f"{len(rows)} rows appended to {results}")
+    append_rows(results, rows)  # every row of the run in one write, after the table is on screen
+    console.print(f"{len(rows)} rows appended to {results} (machine {rows[0]['machine']['name']})")
 
 
 @cli.command()
@@ -385,7 +383,7 @@ def compare(baseline, candidate, thresholds, alpha, gate, fail_on_regression, al
                          allow_env_mismatch=allow_env_mismatch)
     console = _console()
     if report.env_differences:
-        console.print("[yellow]environment differs from the baseline; only same-run ratios are compared:"
+        console.print("[yellow]measured on another machine than the baseline; only same-run ratios are compared:"
                       "[/yellow] " + "; ".join(report.env_differences))
     title = f"{baseline} -> {candidate}"
     console.print(comparison_table(report, gate, title=title, gated_only=gate != "all"))
@@ -431,8 +429,8 @@ def overhead(model_names, device, precision, input_len, output_len, threads, war
     Example:
       slmbench overhead -m deconly-tiny -t 1 --results /tmp/overhead.jsonl
     """
+    from slmbench.config import RunSettings
     from slmbench.errors import InvalidOption
-    from slmbench.measure import RunSettings
     from slmbench.models import resolve_model
     from slmbench.overhead import measure_overhead, overhead_table
 

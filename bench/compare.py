@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from slmbench.environment import hardware_fingerprint
+from slmbench.environment import fingerprint, machine_identity
 from slmbench.errors import BenchError, InvalidOption
+from slmbench.metrics import row_repetitions, same_run_pairs
 
 ALPHA = 0.002
 DEFAULT_THRESHOLD = 1.10
@@ -191,33 +192,9 @@ class Series:
     environment: dict
 
 
-def _per_rep(row: dict) -> list[dict]:
-    from slmbench.measure import Repetition
-
-    batch = row.get("batch") or 1
-    out = []
-    for raw in row.get("repetitions") or []:
-        if len(raw.get("timestamps_ns") or ()) < 2:
-            continue
-        rep = Repetition(raw["timestamps_ns"], raw.get("encoder_end_ns"))
-        itl = rep.itl_s()
-        out.append(dict(rep.metrics(batch), step_s=float(np.median(itl)) if itl else None))
-    return out
-
-
 def _paired_ratios(a: list[dict], b: list[dict], metric: str) -> list[float]:
     """Repetition i of A over repetition i of B: interleaved, so taken moments apart."""
     return [x[metric] / y[metric] for x, y in zip(a, b, strict=False) if x.get(metric) and y.get(metric)]
-
-
-def _shape(row: dict) -> tuple:
-    return tuple(row.get(k) for k in ("device", "runtime", "precision", "batch", "input_len", "output_len",
-                                      "threads"))
-
-
-def _pair_config(ed: dict, do: dict) -> str:
-    return (f"{ed['model']}/{do['model']}|{ed.get('device')}|{ed.get('runtime')}|{ed.get('precision')}|"
-            f"b{ed.get('batch')}|in{ed.get('input_len')}|out{ed.get('output_len')}|t{ed.get('threads')}")
 
 
 @dataclass
@@ -228,8 +205,11 @@ class Samples:
 
 
 def collect(rows: Iterable[dict]) -> Samples:
-    """Every metric series the rows allow: absolute per key, same-run ratios per group."""
+    """Every metric series the rows allow: absolute per key, same-run ratios per same-run pair
+    (slmbench.metrics.same_run_pairs) and per harness/bare overhead group."""
+    rows = list(rows)
     out = Samples()
+    reps: dict[int, list[dict]] = {}
     groups: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         key = row.get("key")
@@ -240,39 +220,31 @@ def collect(rows: Iterable[dict]) -> Samples:
             continue
         out.failed.pop(key, None)
         out.ok_keys.add(key)
-        env = row.get("environment") or {}
-        reps = _per_rep(row)
-        row = dict(row, _reps=reps)
+        reps[id(row)] = row_repetitions(row)
         for metric in ABSOLUTE:
-            values = [r[metric] for r in reps if r.get(metric) is not None]
+            values = [r[metric] for r in reps[id(row)] if r.get(metric) is not None]
             if values:
-                out.series[(key, metric)] = Series(values, env)
-        if row.get("group"):
+                out.series[(key, metric)] = Series(values, row.get("environment") or {})
+        if row.get("group") and row.get("loop"):
             groups[row["group"]].append(row)
-    for group in groups.values():
-        _same_run(group, out)
-    return out
-
-
-def _same_run(group: list[dict], out: Samples) -> None:
-    plain = [r for r in group if not r.get("loop")]
-    for ed in (r for r in plain if r.get("family") == "encoder-decoder"):
-        for do in (r for r in plain if r.get("family") == "decoder-only" and _shape(r) == _shape(ed)):
-            config = _pair_config(ed, do)
-            # tok/s enc-dec over dec-only = decoder-only's decode step over encoder-decoder's
-            for metric, values in (("ed_do_ttft", _paired_ratios(ed["_reps"], do["_reps"], "ttft_s")),
-                                   ("ed_do_decode_tps", _paired_ratios(do["_reps"], ed["_reps"], "step_s"))):
-                if values:
-                    out.series[(config, metric)] = Series(values, ed.get("environment") or {})
-    harness = {r.get("overhead_of"): r for r in group if r.get("loop") == "harness"}
-    for bare in (r for r in group if r.get("loop") == "bare"):
-        h = harness.get(bare.get("overhead_of"))
-        if h is None:
-            continue
-        for metric, base in (("overhead_ttft", "ttft_s"), ("overhead_step", "step_s")):
-            values = _paired_ratios(h["_reps"], bare["_reps"], base)
+    for pair in same_run_pairs(rows):
+        a, b = reps[id(pair.ed)], reps[id(pair.do)]
+        # tok/s enc-dec over dec-only = decoder-only's decode step over encoder-decoder's
+        for metric, values in (("ed_do_ttft", _paired_ratios(a, b, "ttft_s")),
+                               ("ed_do_decode_tps", _paired_ratios(b, a, "step_s"))):
             if values:
-                out.series[(bare["overhead_of"], metric)] = Series(values, h.get("environment") or {})
+                out.series[(pair.label, metric)] = Series(values, pair.ed.get("environment") or {})
+    for group in groups.values():
+        harness = {r.get("overhead_of"): r for r in group if r.get("loop") == "harness"}
+        for bare in (r for r in group if r.get("loop") == "bare"):
+            h = harness.get(bare.get("overhead_of"))
+            if h is None:
+                continue
+            for metric, base in (("overhead_ttft", "ttft_s"), ("overhead_step", "step_s")):
+                values = _paired_ratios(reps[id(h)], reps[id(bare)], base)
+                if values:
+                    out.series[(bare["overhead_of"], metric)] = Series(values, h.get("environment") or {})
+    return out
 
 
 # --- environments -----------------------------------------------------------------------------
@@ -288,9 +260,10 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def env_differences(baseline_env: dict, candidate_env: dict) -> list[str]:
-    """What differs in hardware and package versions, one 'field: baseline vs candidate' each."""
-    a = _flat(hardware_fingerprint(baseline_env or {}))
-    b = _flat(hardware_fingerprint(candidate_env or {}))
+    """What differs in the machines' identities (slmbench.environment.fingerprint: host, CPU, cores,
+    allowed CPUs, memory, kernel, huge pages, Python, packages), one 'field: baseline vs candidate' each."""
+    a = _flat(fingerprint(baseline_env or {}))
+    b = _flat(fingerprint(candidate_env or {}))
     show = lambda v: "absent" if v is None else repr(v) if isinstance(v, str) and " " in v else str(v)
     return [f"{k}: {show(a.get(k))} (baseline) vs {show(b.get(k))} (candidate)"
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
@@ -356,18 +329,22 @@ def compare_rows(baseline: Iterable[dict], candidate: Iterable[dict], thresholds
     differences: list[str] = []
     differs: dict[tuple, bool] = {}
     for pair in matched:
-        found = env_differences(base.series[pair].environment, cand.series[pair].environment)
+        a, b = base.series[pair].environment, cand.series[pair].environment
+        found = env_differences(a, b)
         differs[pair] = bool(found)
+        if found:
+            found.insert(0, f"machine: {machine_identity(a)['name']} (baseline) vs "
+                            f"{machine_identity(b)['name']} (candidate)")
         differences.extend(d for d in found if d not in differences)
     if differences and not allow_env_mismatch:
-        raise EnvMismatch("baseline and candidate were measured in different environments ("
+        raise EnvMismatch("baseline and candidate were measured on different machines ("
                           + "; ".join(differences) + "); re-record the baseline here, or pass "
                           "--allow-env-mismatch to compare only the same-run ratios")
     comparisons = []
     for config, metric in matched:
         if differs[(config, metric)] and not METRICS[metric].same_run:
             comparisons.append(Comparison(config, metric, "not compared", threshold=limits[metric],
-                                          note="environment differs: absolute times are not comparable"))
+                                          note="another machine: absolute times are not comparable"))
             continue
         comparisons.append(judge(base.series[(config, metric)].values, cand.series[(config, metric)].values,
                                  metric, limits[metric], alpha, config))

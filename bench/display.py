@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from slmbench.metrics import row_stat, same_run_pairs
+
 
 def fmt_s(value: float | None) -> str:
     """Seconds shown in the unit that reads best (times are seconds internally)."""
@@ -17,8 +19,10 @@ def fmt_s(value: float | None) -> str:
     return f"{value:.2f} s"
 
 
-def _m(row: dict, metric: str, stat: str = "median"):
-    return ((row.get("metrics") or {}).get(metric) or {}).get(stat)
+
+def _where(row: dict) -> str:
+    """runtime/device, with the OpenVINO mode where there is one."""
+    return f"{row.get('runtime')}/{row.get('device')}" + (f" {row['mode']}" if row.get("mode") else "")
 
 
 def summary_table(rows: list[dict], title: str = "slmbench results") -> Table:
@@ -29,54 +33,49 @@ def summary_table(rows: list[dict], title: str = "slmbench results") -> Table:
                          else "right")
     for r in rows:
         if r.get("status") != "ok":
-            table.add_row(r.get("model", "?"), r.get("family", ""), "", f"{r.get('runtime')}/{r.get('device')}",
+            table.add_row(r.get("model", "?"), r.get("family", ""), "", _where(r),
                           str(r.get("precision") or "-"), f"{r.get('input_len')}/{r.get('output_len')}",
                           f"[red]failed: {r.get('error')}[/red]")
             continue
-        tps = _m(r, "decode_tps")
+        tps = row_stat(r, "decode_tps")
         table.add_row(
-            r["model"], r["family"], f"{r['parameters'] / 1e6:.0f}M", f"{r['runtime']}/{r['device']}",
-            str(r.get("precision") or "-"), f"{r['input_len']}/{r['output_len']}", fmt_s(_m(r, "ttft_s")),
-            fmt_s(_m(r, "ttft_s", "p90")),
-            fmt_s(_m(r, "encoder_s")), fmt_s(_m(r, "tpot_s")), f"{tps:.1f}" if tps else "-",
-            fmt_s(_m(r, "e2e_s")), fmt_s(r.get("cold_ttft_s")), fmt_s(r.get("load_s")),
-            str(_m(r, "ttft_s", "count") or "-"))
+            r["model"], r["family"], f"{r['parameters'] / 1e6:.0f}M", _where(r),
+            str(r.get("precision") or "-"), f"{r['input_len']}/{r['output_len']}", fmt_s(row_stat(r, "ttft_s")),
+            fmt_s(row_stat(r, "ttft_s", "p90")),
+            fmt_s(row_stat(r, "encoder_s")), fmt_s(row_stat(r, "tpot_s")), f"{tps:.1f}" if tps else "-",
+            fmt_s(row_stat(r, "e2e_s")), fmt_s(r.get("cold_ttft_s")), fmt_s(r.get("load_s")),
+            str(row_stat(r, "ttft_s", "count") or "-"))
     return table
 
 
 def pair_ratios(rows: list[dict]) -> list[dict]:
-    """Encoder-decoder vs decoder-only pairs measured in the same group (interleaved run)."""
+    """Encoder-decoder vs decoder-only, per same-run pair (slmbench.metrics.same_run_pairs)."""
     out = []
-    ok = [r for r in rows if r.get("status") == "ok"]
-    for ed in (r for r in ok if r["family"] == "encoder-decoder"):
-        for do in (r for r in ok if r["family"] == "decoder-only"):
-            same = all(ed.get(k) == do.get(k) for k in ("group", "device", "runtime", "precision", "batch",
-                                                        "input_len", "output_len"))
-            if not same:
-                continue
-            ttft_ed, ttft_do = _m(ed, "ttft_s"), _m(do, "ttft_s")
-            tps_ed, tps_do = _m(ed, "decode_tps"), _m(do, "decode_tps")
-            out.append({
-                "encoder_decoder": ed["model"], "decoder_only": do["model"], "runtime": ed["runtime"],
-                "device": ed["device"], "precision": ed.get("precision"), "input_len": ed["input_len"],
-                "output_len": ed["output_len"],
-                "ttft_reduction_pct": 100 * (1 - ttft_ed / ttft_do) if ttft_ed and ttft_do else None,
-                "throughput_ratio": tps_ed / tps_do if tps_ed and tps_do else None,
-            })
+    for pair in same_run_pairs(rows):
+        ed, do = pair.ed, pair.do
+        ttft_ed, ttft_do = row_stat(ed, "ttft_s"), row_stat(do, "ttft_s")
+        tps_ed, tps_do = row_stat(ed, "decode_tps"), row_stat(do, "decode_tps")
+        out.append({
+            "encoder_decoder": ed["model"], "decoder_only": do["model"], "runtime": ed["runtime"],
+            "device": ed["device"], "precision": ed.get("precision"), "mode": ed.get("mode"),
+            "threads": ed.get("threads"), "input_len": ed["input_len"], "output_len": ed["output_len"],
+            "ttft_reduction_pct": 100 * (1 - ttft_ed / ttft_do) if ttft_ed and ttft_do else None,
+            "throughput_ratio": tps_ed / tps_do if tps_ed and tps_do else None,
+        })
     return out
 
 
 def ratio_table(ratios: list[dict]) -> Table:
     table = Table(title="encoder-decoder vs decoder-only (same run, interleaved; paper: 47% lower TTFT, "
                         "4.7x throughput)", title_justify="left")
-    for col in ("encoder-decoder", "decoder-only", "runtime/device", "precision", "in/out", "TTFT reduction",
-                "throughput x"):
+    for col in ("encoder-decoder", "decoder-only", "runtime/device", "precision", "mode", "threads", "in/out",
+                "TTFT reduction", "throughput x"):
         table.add_column(col, justify="right" if col in ("TTFT reduction", "throughput x") else "left")
     for r in ratios:
         red, x = r["ttft_reduction_pct"], r["throughput_ratio"]
         table.add_row(r["encoder_decoder"], r["decoder_only"], f"{r['runtime']}/{r['device']}",
-                      str(r.get("precision") or "-"), f"{r['input_len']}/{r['output_len']}",
-                      f"{red:.0f}%" if red is not None else "-",
+                      str(r.get("precision") or "-"), str(r.get("mode") or "-"), str(r.get("threads") or "-"),
+                      f"{r['input_len']}/{r['output_len']}", f"{red:.0f}%" if red is not None else "-",
                       f"{x:.2f}x" if x is not None else "-")
     return table
 
@@ -92,9 +91,9 @@ def runtime_table(rows: list[dict]) -> Table:
         mine = [r for r in ok if r["model"] == model]
         base = mine[0]
         for r in mine:
-            ttft, tps = _m(r, "ttft_s"), _m(r, "decode_tps")
+            ttft, tps = row_stat(r, "ttft_s"), row_stat(r, "decode_tps")
             table.add_row(model, r["runtime"], fmt_s(ttft),
-                          f"{ttft / _m(base, 'ttft_s'):.2f}x" if ttft and _m(base, "ttft_s") else "-",
+                          f"{ttft / row_stat(base, 'ttft_s'):.2f}x" if ttft and row_stat(base, "ttft_s") else "-",
                           f"{tps:.1f}" if tps else "-",
-                          f"{tps / _m(base, 'decode_tps'):.2f}x" if tps and _m(base, "decode_tps") else "-")
+                          f"{tps / row_stat(base, 'decode_tps'):.2f}x" if tps and row_stat(base, "decode_tps") else "-")
     return table

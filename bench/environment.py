@@ -1,12 +1,18 @@
-"""Where a measurement was taken: host, CPU, OS, packages, slmbench commit.
+"""Where a measurement was taken: the machine's identity, and the environment it is made of.
 
-Rows carry this so that results from different machines are never silently merged, and a
-regression gate can refuse to compare across hardware or package versions.
+Every row carries `environment` (host, CPU model and flags, cores, allowed CPUs, memory, kernel,
+transparent-huge-page mode, Python and package versions, slmbench commit) and `machine`
+(`machine_identity`): a fingerprint of every field that can move a latency, plus a short readable
+name that differs whenever the fingerprints do. Two VMs may share a hostname (`vm`) and still be
+different machines; resume, report and `compare` match on the fingerprint, never on the host.
+The slmbench commit is not part of it: a code change is what a benchmark measures, not a machine.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import platform
 import socket
@@ -68,7 +74,7 @@ def environment() -> dict:
     from slmbench.hugepages import thp_mode
 
     try:
-        affinity = len(os.sched_getaffinity(0))
+        affinity = sorted(os.sched_getaffinity(0))
     except AttributeError:
         affinity = None
     return {
@@ -80,6 +86,7 @@ def environment() -> dict:
         "cpus_allowed": affinity,
         "memory_bytes": psutil.virtual_memory().total,
         "transparent_hugepages": thp_mode(),
+        "kernel": platform.release(),
         "os": platform.platform(),
         "python": platform.python_version(),
         "packages": _versions(),
@@ -87,8 +94,43 @@ def environment() -> dict:
     }
 
 
-def hardware_fingerprint(env: dict) -> dict:
-    """The fields that must match for two measurements to be compared as like with like."""
-    packages = {k: v for k, v in env.get("packages", {}).items() if k != "slmbench"}
-    return {"cpu": env.get("cpu"), "cpu_flags": env.get("cpu_flags"), "physical_cores": env.get("physical_cores"),
-            "logical_cores": env.get("logical_cores"), "packages": packages}
+# What identifies a machine: everything here can move a latency or a ratio (measured: same-run
+# ratios moved up to 20% between two VMs both named `vm`, bandwidth by 2x).
+IDENTITY_FIELDS = ("host", "cpu", "cpu_flags", "physical_cores", "logical_cores", "cpus_allowed", "memory_bytes",
+                   "kernel", "transparent_hugepages", "python", "packages")
+
+
+def fingerprint(env: dict) -> dict:
+    """The identity fields of an environment (packages without slmbench itself; memory in MiB, as a
+    VM reports its total to the page)."""
+    env = env or {}
+    out = {k: env.get(k) for k in IDENTITY_FIELDS}
+    out["packages"] = {k: v for k, v in (env.get("packages") or {}).items() if k != "slmbench"}
+    if out["memory_bytes"] is not None:
+        out["memory_bytes"] = int(out["memory_bytes"]) >> 20 << 20
+    return out
+
+
+def _cpu_short(cpu: str | None) -> str:
+    """'Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz' -> 'xeon', 'AMD EPYC 9B14' -> 'epyc'."""
+    words = [w for w in (cpu or "").replace("(R)", " ").replace("(TM)", " ").split()
+             if w.lower() not in ("intel", "amd", "cpu", "processor", "genuine", "core")]
+    return (words[0].lower() if words else "cpu")[:12]
+
+
+def machine_identity(env: dict) -> dict:
+    """{"id": sha256 of the fingerprint (16 hex), "name": 'host-cpu-abcdef'}; the name carries the
+    id's first six digits, so two machines never share a name even when host and CPU do."""
+    digest = hashlib.sha256(json.dumps(fingerprint(env), sort_keys=True).encode()).hexdigest()[:16]
+    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in str((env or {}).get("host") or "unknown"))
+    return {"id": digest, "name": f"{host[:24]}-{_cpu_short((env or {}).get('cpu'))}-{digest[:6]}"}
+
+
+def this_machine() -> dict:
+    return machine_identity(environment())
+
+
+def machine_of(row: dict) -> dict:
+    """A row's machine identity: recorded in the row (schema 2), else computed from its environment
+    (schema-1 rows, attributed to their own machine)."""
+    return row.get("machine") or machine_identity(row.get("environment") or {})

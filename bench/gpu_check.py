@@ -145,7 +145,7 @@ def report(rows: list[dict]) -> list[dict]:
     for row in rows:
         m = row["metrics"]
         peak = row.get("peak_device_memory_bytes")
-        summary = {"model": row["model"], "runtime": row["runtime"], "device": row["device"],
+        summary = {"model": row["model"], "machine": row["machine"], "runtime": row["runtime"], "device": row["device"],
                    "precision": row["precision"], "input_len": row["input_len"],
                    "output_len": row["output_len"], "ttft_s": m["ttft_s"]["median"],
                    "encoder_s": (m.get("encoder_s") or {}).get("median"),
@@ -160,12 +160,12 @@ def report(rows: list[dict]) -> list[dict]:
               f"decode {tps if tps is not None else float('nan'):9.1f} tok/s  "
               f"peak device {f'{peak / 2**20:8.1f} MiB' if peak else '-'}  "
               f"({summary['reps']} reps)", flush=True)
-    by_family = {r["family"]: s for r, s in zip(rows, summaries, strict=True)}
-    ed, do = by_family.get("encoder-decoder"), by_family.get("decoder-only")
-    if ed and do:
-        speed = ed["decode_tps"] / do["decode_tps"] if ed["decode_tps"] and do["decode_tps"] else float("nan")
-        print(f"  encoder-decoder / decoder-only: TTFT x{ed['ttft_s'] / do['ttft_s']:.2f}, "
-              f"decode tok/s x{speed:.2f}", flush=True)
+    from slmbench.display import pair_ratios
+
+    for p in pair_ratios(rows):
+        speed = p["throughput_ratio"]
+        print(f"  {p['encoder_decoder']} / {p['decoder_only']}: TTFT reduction {p['ttft_reduction_pct']:.0f}%, "
+              f"decode tok/s x{speed if speed is not None else float('nan'):.2f}", flush=True)
     return summaries
 
 
@@ -175,8 +175,8 @@ def main(argv=None) -> int:
     import slmbench
     import slmbench.models
     from slmbench.benchmark import run_benchmark
+    from slmbench.config import RunSettings, plan
     from slmbench.errors import BenchError
-    from slmbench.measure import RunSettings
     from slmbench.models import resolve_model
     from slmbench.runners import select_runner
 
@@ -214,20 +214,20 @@ def main(argv=None) -> int:
                            min_reps=args.min_reps, min_time_s=args.min_time)
     specs = [resolve_model(m) for m in models]
     summaries = []
-    plan = [("torch", p) for p in precisions]
+    steps = [("torch", p) for p in precisions]
     if args.device == "cuda" and not args.no_ort:
         try:
             select_runner("cuda", "onnxruntime")
-            plan.append(("onnxruntime", "fp32"))
+            steps.append(("onnxruntime", "fp32"))
         except BenchError as exc:
             print(f"onnxruntime/cuda skipped: {exc}", flush=True)
-    for runtime, precision in plan:
+    for runtime, precision in steps:
         started = time.perf_counter()
         print(f"== {runtime}/{args.device} {precision}: {', '.join(models)}, input {settings.input_len}, "
               f"output {settings.output_len}", flush=True)
         try:
-            rows = run_benchmark(specs, args.device, runtime, precision, settings, args.threads, results,
-                                 cache, log=lambda msg: None)
+            configs = plan(models, args.device, [runtime], precision, settings, args.threads)
+            rows = run_benchmark(configs, results, cache, log=lambda msg: None, specs=specs)
         except Exception:  # one failed step must not cost the others on a machine lent for minutes
             traceback.print_exc()
             print(f"   {runtime} {precision} FAILED (traceback above); continuing", flush=True)

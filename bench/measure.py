@@ -9,64 +9,14 @@ together are interleaved repetition by repetition, so machine drift hits them al
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from slmbench.errors import InvalidOption
-from slmbench.stats import is_noisy, summarize
-
-LIMITS = {"batch": 256, "input_len": 1 << 17, "output_len": 1 << 16}
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """What to measure and how long. Validated on construction, no side effects."""
-
-    batch: int = 1
-    input_len: int = 512
-    output_len: int = 128
-    warmup: int = 1
-    min_reps: int = 5
-    min_time_s: float = 10.0
-    max_reps: int = 200
-    seed: int = 0
-    # Optional run length chosen from the data: keep repeating (up to max_reps) until the 95% CI
-    # of the median TTFT and of the median TPOT is within this fraction of the median.
-    target_ci: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("batch", "input_len", "output_len", "min_reps", "max_reps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise InvalidOption(f"{name} must be a positive integer, got {value!r}")
-            if value > LIMITS.get(name, 1 << 30):
-                raise InvalidOption(f"{name} = {value} is beyond the supported {LIMITS[name]}")
-        if not isinstance(self.warmup, int) or isinstance(self.warmup, bool) or self.warmup < 0:
-            raise InvalidOption(f"warmup must be an integer >= 0, got {self.warmup!r}")
-        if (not isinstance(self.min_time_s, int | float) or isinstance(self.min_time_s, bool)
-                or not math.isfinite(self.min_time_s) or self.min_time_s < 0):
-            raise InvalidOption(f"min_time_s must be a finite number of seconds >= 0, got {self.min_time_s!r}")
-        if self.target_ci is not None and (not isinstance(self.target_ci, int | float)
-                                           or isinstance(self.target_ci, bool)
-                                           or not 0 < self.target_ci < 1):
-            raise InvalidOption(f"target_ci must be a fraction between 0 and 1 (0.05 = +-5%), "
-                                f"got {self.target_ci!r}")
-        if self.max_reps < self.min_reps:
-            raise InvalidOption(f"max_reps ({self.max_reps}) must be >= min_reps ({self.min_reps})")
-
-    def check_fits(self, model: str, cfg) -> None:
-        """Lengths must fit the model's positions (decoder-only: prompt + generated tokens)."""
-        if cfg.is_encoder_decoder:
-            need = {"input_len": self.input_len, "output_len": self.output_len}
-        else:
-            need = {"input_len + output_len": self.input_len + self.output_len}
-        for what, value in need.items():
-            if value > cfg.max_positions:
-                raise InvalidOption(f"{what} = {value} exceeds {model}'s maximum positions "
-                                    f"({cfg.max_positions}); use shorter lengths")
+from slmbench.config import RunSettings
+from slmbench.metrics import ROW_METRICS, repetition_metrics
+from slmbench.stats import bootstrap_median_ci, is_noisy, summarize
 
 
 @dataclass
@@ -81,20 +31,7 @@ class Repetition:
         return len(self.timestamps_ns) - 1
 
     def metrics(self, batch: int) -> dict[str, float | None]:
-        t = np.asarray(self.timestamps_ns, dtype=np.float64) * 1e-9
-        n = len(t) - 1
-        ttft = t[1] - t[0]
-        tpot = (t[n] - t[1]) / (n - 1) if n > 1 else None
-        encoder = self.encoder_end_ns * 1e-9 if self.encoder_end_ns is not None else None
-        return {
-            "ttft_s": ttft,
-            "encoder_s": encoder,
-            "prefill_s": ttft - encoder if encoder is not None else ttft,
-            "tpot_s": tpot,
-            "decode_tps": batch / tpot if tpot else None,
-            "e2e_s": t[n] - t[0],
-            "e2e_tps": batch * n / (t[n] - t[0]),
-        }
+        return repetition_metrics(self.timestamps_ns, self.encoder_end_ns, batch)
 
     def itl_s(self) -> list[float]:
         t = np.asarray(self.timestamps_ns, dtype=np.float64) * 1e-9
@@ -189,8 +126,6 @@ def measure(groups: list[list[Subject]], settings: RunSettings, run, progress=No
 
 def ci_is_tight(reps: list[Repetition], target: float) -> bool:
     """Whether the bootstrap 95% CI of the median TTFT and TPOT lies within +-target of it."""
-    from slmbench.stats import bootstrap_median_ci
-
     for metric in ("ttft_s", "tpot_s"):
         values = np.array([v for r in reps if (v := r.metrics(1)[metric]) is not None])
         if values.size < 2:
@@ -205,7 +140,7 @@ def ci_is_tight(reps: list[Repetition], target: float) -> bool:
 def summarize_subject(subject: Subject, batch: int) -> tuple[dict, list[str]]:
     """Metric statistics over the warm repetitions, plus the warnings a reader must see."""
     per_rep = [r.metrics(batch) for r in subject.reps]
-    metrics = {name: summarize([m[name] for m in per_rep if m[name] is not None]) for name in per_rep[0]}
+    metrics = {name: summarize([m[name] for m in per_rep if m[name] is not None]) for name in ROW_METRICS}
     metrics["itl_s"] = summarize([x for r in subject.reps for x in r.itl_s()])
     warnings = []
     for name in ("ttft_s", "tpot_s"):

@@ -15,15 +15,17 @@ the configuration's plain key.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from slmbench.benchmark import config_key, prepare_and_load, result_row
+from slmbench.benchmark import prepare_and_load, result_row
+from slmbench.config import RunConfig, RunSettings
 from slmbench.environment import environment
 from slmbench.errors import InvalidOption
-from slmbench.measure import RunSettings, Subject, generate, make_inputs, measure
-from slmbench.results import append_row, check_writable
+from slmbench.measure import Subject, generate, make_inputs, measure
+from slmbench.results import append_rows, check_writable
 
 
 def _loop(subject: Subject, runner, ids: np.ndarray, settings: RunSettings):
@@ -35,23 +37,26 @@ def _loop(subject: Subject, runner, ids: np.ndarray, settings: RunSettings):
 def measure_overhead(spec, settings: RunSettings | None = None, device: str = "cpu",
                      threads: int | None = None, precision: str = "fp32", cache_dir=None,
                      results: Path | str | None = None, runner_cls=None, log=print) -> list[dict]:
-    """Measure one model's harness and bare loops interleaved; return (and append) two rows."""
-    from slmbench.runners.onnxruntime import OnnxRuntimeRunner
+    """Measure one model's harness and bare loops interleaved; return (and append) two rows.
+    `runner_cls` defaults to ONNX Runtime's (the runtimes with a bare loop)."""
+    from slmbench.runners import select_runner
 
     settings = settings or RunSettings(input_len=64, output_len=16, min_reps=15, min_time_s=1.0)
     settings.check_fits(spec.name, spec.config)
-    runner_cls = runner_cls or OnnxRuntimeRunner
+    runner_cls = runner_cls or select_runner(device, "onnxruntime")
+    runtime = runner_cls.runtime
     if not hasattr(runner_cls, "bare_generate"):
-        raise InvalidOption(f"runtime {runner_cls.runtime} has no bare loop to measure harness overhead "
+        raise InvalidOption(f"runtime {runtime} has no bare loop to measure harness overhead "
                             "against; use --runtime onnxruntime")
     if results is not None:
         check_writable(results)
-    runner = runner_cls(device, threads)
-    loaded = prepare_and_load(runner, spec, device, precision, cache_dir, {}, log)
+    plain = RunConfig.create(spec.name, device, runtime, precision, settings, threads)
+    loaded = prepare_and_load(plain, spec, cache_dir, log, runner_cls(device, plain.threads, plain.option_dict))
+    runner = loaded.runner
     ed, start = spec.config.is_encoder_decoder, spec.config.decoder_start_token
     sides = [Subject("harness", runner, ed, start), Subject("bare", runner, ed, start)]
     ids = make_inputs(settings, spec.config.vocab_size)
-    log(f"measuring harness vs bare {runner_cls.runtime} loop on {spec.name}: input {settings.input_len}, "
+    log(f"measuring harness vs bare {runtime} loop on {spec.name}: input {settings.input_len}, "
         f"output {settings.output_len} (interleaved, shuffled; >= {settings.min_reps} reps and "
         f">= {settings.min_time_s:g}s each)")
     try:
@@ -60,16 +65,14 @@ def measure_overhead(spec, settings: RunSettings | None = None, device: str = "c
         runner.close()
     harness, bare = sides
     if not np.array_equal(harness.tokens, bare.tokens):
-        raise RuntimeError(f"the bare {runner_cls.runtime} loop generated other tokens than the harness on "
+        raise RuntimeError(f"the bare {runtime} loop generated other tokens than the harness on "
                            f"{spec.name}: it is not the same work, so the overhead figure would be "
                            "meaningless")
     group, env = uuid.uuid4().hex[:12], environment()
-    plain = config_key(spec.name, device, runner_cls.runtime, precision, settings, runner.threads)
-    rows = [{**result_row(subject, loaded, device, precision, settings, group, env, {"loop": subject.label}),
-             "overhead_of": plain, "loop": subject.label} for subject in sides]
+    rows = [result_row(replace(plain, loop=subject.label), subject, loaded, group, env, overhead_of=plain.key)
+            for subject in sides]
     if results is not None:
-        for row in rows:
-            append_row(results, row)
+        append_rows(results, rows)
     return rows
 
 

@@ -1,6 +1,6 @@
 """The Markdown report: tables, the figures embedded, the claims checked, failures listed.
 
-`build_report(results, out)` reads result files or folders (from any number of hosts), writes
+`build_report(results, out)` reads result files or folders (from any number of machines), writes
 `out/report.md` and `out/figures/*.png|svg`, and returns what it wrote; `print_summary` shows the
 same tables in the terminal. Failed rows are listed, never plotted.
 """
@@ -73,13 +73,15 @@ def ratio_rows(data: ReportData) -> pd.DataFrame:
     r = data.ratios
     if r.empty:
         return pd.DataFrame()
-    r = r.sort_values(["platform", "runtime", "precision", "encoder_decoder", "input_len", "output_len"])
+    r = r.sort_values(["platform", "runtime", "precision", "series", "encoder_decoder", "input_len", "output_len"])
     return pd.DataFrame(
         {
             "pair": r["encoder_decoder"] + " vs " + r["decoder_only"],
             "device": r["platform"],
             "runtime": r["runtime"],
             "precision": r["precision"],
+            "mode": r["mode"].fillna("-"),
+            "threads": r["threads"],
             "in/out": r["input_len"].astype(str) + "/" + r["output_len"].astype(str),
             "TTFT ed": r["ttft_ed_s"].map(fmt_s),
             "TTFT do": r["ttft_do_s"].map(fmt_s),
@@ -112,6 +114,8 @@ def config_rows(data: ReportData) -> pd.DataFrame:
             "device": c["platform"],
             "runtime": c["runtime"],
             "precision": c["precision"],
+            "mode": c["mode"].fillna("-"),
+            "threads": c["threads"],
             "batch": c["batch"],
             "in/out": c["input_len"].astype(str) + "/" + c["output_len"].astype(str),
             "TTFT p50": c["ttft_s_median"].map(fmt_s),
@@ -121,7 +125,7 @@ def config_rows(data: ReportData) -> pd.DataFrame:
             "decode tok/s": c["decode_tps_median"].map(lambda v: f"{v:.1f}" if pd.notna(v) else "-"),
             "cold TTFT": c["cold_ttft_s"].map(lambda v: fmt_s(v) if pd.notna(v) else "-"),
             "reps": c["ttft_s_count"].map(lambda v: str(int(v)) if pd.notna(v) else "-"),
-            "host": c["host"],
+            "machine": c["machine"],
         }
     )
 
@@ -135,7 +139,7 @@ def prefill_rate_rows(data: ReportData) -> pd.DataFrame:
     if c.empty:
         return pd.DataFrame()
     out = []
-    for key, g in c.groupby(["model", "runtime", "platform", "precision", "batch"], sort=True):
+    for (platform, series), g in c.groupby(["platform", "series"], sort=True):
         g = g.dropna(subset=["ttft_s_median"]).drop_duplicates("input_len")
         if len(g) < 3:
             continue
@@ -143,9 +147,10 @@ def prefill_rate_rows(data: ReportData) -> pd.DataFrame:
         slope, fixed = np.polyfit(x, y, 1)
         fit = slope * x + fixed
         r2 = 1 - ((y - fit) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-30)
-        model, runtime, platform, precision, batch = key
-        out.append({"model": model, "device": platform, "runtime": runtime, "precision": precision,
-                    "batch": batch, "inputs": f"{int(x.min())}-{int(x.max())} ({len(x)})",
+        batch = int(g["batch"].iloc[0])
+        out.append({"series": series, "device": platform, "runtime": g["runtime"].iloc[0],
+                    "precision": g["precision"].iloc[0], "batch": batch,
+                    "inputs": f"{int(x.min())}-{int(x.max())} ({len(x)})",
                     "prefill tok/s": f"{batch / slope:.0f}" if slope > 0 else "-", "fixed": f"{fixed * 1e3:+.0f} ms",
                     "R²": f"{r2:.3f}"})
     return pd.DataFrame(out)
@@ -154,12 +159,12 @@ def prefill_rate_rows(data: ReportData) -> pd.DataFrame:
 def roofline_rows(data: ReportData) -> pd.DataFrame:
     """How close each decode ran to the memory-bandwidth ceiling recorded in its row."""
     out = []
-    for r in data.rows:
+    for r, platform in zip(data.rows, data.configs.get("platform", ()), strict=False):
         roof = r.get("roofline") or {}
         if roof.get("fraction_of_ceiling") is None:
             continue
-        out.append({"model": r["model"], "runtime": r["runtime"], "precision": r["precision"],
-                    "in/out": f"{r['input_len']}/{r['output_len']}",
+        out.append({"model": r["model"], "device": platform, "runtime": r["runtime"], "precision": r["precision"],
+                    "mode": r.get("mode") or "-", "in/out": f"{r['input_len']}/{r['output_len']}",
                     "bytes/token": f"{roof['bytes_per_token'] / 1e6:.0f} MB",
                     "bandwidth": f"{roof['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
                     "ceiling tok/s": f"{roof['ceiling_tokens_per_s']:.1f}",
@@ -205,9 +210,7 @@ def claims_text(data: ReportData) -> list[str]:
             "No encoder-decoder / decoder-only pair was measured in one run, so the claims are not checked."
         ]
     lines = []
-    for (platform, runtime, precision, ed, do), s in r.groupby(
-        ["platform", "runtime", "precision", "encoder_decoder", "decoder_only"]
-    ):
+    for (platform, series), s in r.groupby(["platform", "series"]):
         s = s.sort_values(["input_len", "output_len"])
         red = "; ".join(
             f"{_ci(v, lo, hi, '.0f', '%')} at {i}/{o}"
@@ -232,7 +235,7 @@ def claims_text(data: ReportData) -> list[str]:
             )
         )
         lines.append(
-            f"**{ed} vs {do} on {platform} ({runtime}, {precision})**: TTFT reduction {red} (input/output "
+            f"**{series} on {platform}**: TTFT reduction {red} (input/output "
             f"tokens); decode throughput ratio {thr}. Against the paper's {PAPER_TTFT_REDUCTION_PCT:g}% "
             f"TTFT reduction: {_verdict(s, 'ttft_reduction_pct', 'ttft_reduction', PAPER_TTFT_REDUCTION_PCT)}"
             "; "
@@ -276,20 +279,21 @@ def _failed_table(data: ReportData) -> pd.DataFrame:
             "model": f["model"],
             "runtime/device": f["runtime"] + "/" + f["device"],
             "precision": f["precision"],
+            "mode": f["mode"].fillna("-"),
             "batch": f["batch"],
             "in/out": f["input_len"].astype(str) + "/" + f["output_len"].astype(str),
             "kind": f["kind"],
             "error": f["error"].astype(str).str.slice(0, 300),
-            "host": f["host"],
+            "machine": f["machine"],
         }
     )
 
 
-def _hosts_table(data: ReportData) -> pd.DataFrame:
-    h = data.hosts
-    if h.empty:
-        return h
-    return h.rename(columns={"ok_rows": "ok rows", "failed_rows": "failed rows", "slmbench_commit": "commit"})
+def _machines_table(data: ReportData) -> pd.DataFrame:
+    m = data.machines
+    if m.empty:
+        return m
+    return m.rename(columns={"ok_rows": "ok rows", "failed_rows": "failed rows", "slmbench_commit": "commit"})
 
 
 def render_markdown(
@@ -301,8 +305,11 @@ def render_markdown(
         f"{len(data.rows)} measured configurations ({len(data.failed)} failed) in: "
         + ", ".join(f"`{s}`" for s in data.sources)
         + ".\n",
-        "## Hosts: which machine measured what\n",
-        _md_table(_hosts_table(data)),
+        "## Machines: which machine measured what\n",
+        "A machine is its identity's fingerprint (host, CPU and flags, cores, allowed CPUs, memory, kernel, huge "
+        "pages, Python, packages), not its hostname; rows of different machines are never merged: a device "
+        "measured by several machines gets one panel and one table line per machine.\n",
+        _md_table(_machines_table(data)),
         "\n## Encoder-decoder vs decoder-only, measured in the same run\n",
         "Each pair's repetitions were interleaved in one process, so machine drift hits both alike; "
         "ratios are of medians, with 95% bootstrap CIs from the raw per-repetition timestamps "
@@ -338,7 +345,7 @@ def render_markdown(
         "Batch-1 decoding reads every weight it uses once per token: tokens/s <= bandwidth / bytes per "
         "token (read bandwidth measured on the host; bytes from the architecture, precision and KV length).\n",
         _md_table(roofline_rows(data)),
-        "\n## All measured configurations (latest per configuration and host)\n",
+        "\n## All measured configurations (latest per configuration and machine)\n",
         _md_table(config_rows(data)),
         "\n## Failed configurations (listed, not plotted)\n",
         _md_table(_failed_table(data)),
@@ -387,11 +394,12 @@ def print_summary(console, built: BuiltReport) -> None:
 
     console.print(
         table(
-            _hosts_table(data)[["host", "cpu", "measured", "ok rows", "failed rows", "first", "last"]],
-            "hosts",
+            _machines_table(data)[["machine", "host", "cpu", "cpus allowed", "measured", "ok rows", "failed rows",
+                                   "first", "last"]],
+            "machines",
         )
     )
-    console.print(summary_table(data.rows, title="measured configurations (latest per key and host)"))
+    console.print(summary_table(data.rows, title="measured configurations (latest per key and machine)"))
     if not data.ratios.empty:
         console.print(table(ratio_rows(data), f"encoder-decoder vs decoder-only (same run); {PAPER_NOTE}"))
     for line in claims_text(data):

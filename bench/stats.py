@@ -1,5 +1,6 @@
-"""Statistics over repetitions (DESIGN.md section 3): median, p90, p99, mean, stdev, min, max,
-count and a bootstrap 95% confidence interval of the median."""
+"""Statistics over repetitions (README, "What is measured"): median, p90, p99, mean, stdev, min,
+max, count and a bootstrap 95% confidence interval of the median; and the one bootstrap that
+both a median's CI and a ratio of medians' CI are drawn from."""
 
 from __future__ import annotations
 
@@ -9,20 +10,44 @@ NOISY_CV = 0.10  # warn when stdev exceeds 10% of the mean
 BOOTSTRAP_RESAMPLES = 2000
 
 
-def bootstrap_median_ci(values: np.ndarray, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    if len(values) < 2:
-        return float(values[0]), float(values[0])
-    rng = np.random.default_rng(seed)
-    samples = rng.choice(values, size=(BOOTSTRAP_RESAMPLES, len(values)), replace=True)
-    medians = np.median(samples, axis=1)
+def _finite(values) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float64)
+    return x[np.isfinite(x)]
+
+
+def resampled_medians(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Medians of BOOTSTRAP_RESAMPLES resamples (with replacement) of x."""
+    return np.median(x[rng.integers(0, x.size, (BOOTSTRAP_RESAMPLES, x.size))], axis=1)
+
+
+def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
     alpha = (1 - level) / 2
-    return float(np.quantile(medians, alpha)), float(np.quantile(medians, 1 - alpha))
+    return float(np.quantile(samples, alpha)), float(np.quantile(samples, 1 - alpha))
+
+
+def bootstrap_median_ci(values, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    x = _finite(values)
+    if x.size < 2:
+        return float(x[0]), float(x[0])
+    return _interval(resampled_medians(x, np.random.default_rng(seed)), level)
+
+
+def ratio_ci(a, b, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """median(a) / median(b) and a bootstrap CI, resampling each side's repetitions independently
+    (conservative: interleaving makes the two sides positively correlated)."""
+    a, b = _finite(a), _finite(b)
+    if not a.size or not b.size:
+        return np.nan, np.nan, np.nan
+    point = float(np.median(a) / np.median(b))
+    if a.size < 2 or b.size < 2:
+        return point, np.nan, np.nan
+    rng = np.random.default_rng(seed)
+    return (point, *_interval(resampled_medians(a, rng) / resampled_medians(b, rng), level))
 
 
 def summarize(values) -> dict | None:
     """Summary of one metric's samples; None when there are none (never a fake zero)."""
-    x = np.asarray(values, dtype=np.float64)
-    x = x[np.isfinite(x)]
+    x = _finite(values)
     if x.size == 0:
         return None
     lo, hi = bootstrap_median_ci(x)

@@ -16,10 +16,10 @@ import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from slmbench.config import LIMITS, RunConfig, RunSettings
 from slmbench.errors import BenchError, InvalidOption
 from slmbench.exporters.precision import PRECISIONS as RECIPES
 from slmbench.exporters.precision import precision_unsupported
-from slmbench.measure import LIMITS, RunSettings
 from slmbench.runners.base import default_threads
 
 # Precision names a sweep may ask for: the exporters' recipes plus bf16 (PyTorch runner). Whether a
@@ -72,40 +72,34 @@ class Sweep:
 
 @dataclass(frozen=True)
 class Configuration:
-    """One worker process: one model, or an encoder-decoder / decoder-only pair (interleaved)."""
+    """One worker process: the RunConfig of one model, or of an encoder-decoder / decoder-only pair
+    (measured interleaved); they differ only in the model."""
 
-    models: tuple[str, ...]
-    device: str
-    runtime: str
-    precision: str
-    settings: RunSettings
-    threads: int
-    options: tuple[tuple[str, object], ...] = ()
+    runs: tuple[RunConfig, ...]
     memory_limit_gb: float | None = None
     sweep: str = ""
 
+    # What every run of the configuration shares.
+    device = property(lambda self: self.runs[0].device)
+    runtime = property(lambda self: self.runs[0].runtime)
+    precision = property(lambda self: self.runs[0].precision)
+    settings = property(lambda self: self.runs[0].settings)
+    threads = property(lambda self: self.runs[0].threads)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(r.model for r in self.runs)
+
     @property
     def keys(self) -> dict[str, str]:
-        from slmbench.benchmark import config_key
-
-        return {
-            m: config_key(
-                m,
-                self.device,
-                self.runtime,
-                self.precision,
-                self.settings,
-                self.threads,
-                dict(self.options) or None,
-            )
-            for m in self.models
-        }
+        return {r.model: r.key for r in self.runs}
 
     @property
     def label(self) -> str:
         s = self.settings
+        mode = self.runs[0].option_dict.get("mode")
         return (
-            f"{' vs '.join(self.models)} · {self.runtime}/{self.device} {self.precision} · "
+            f"{' vs '.join(self.models)} · {self.runtime}/{self.device}{' ' + mode if mode else ''} {self.precision} · "
             f"b{s.batch} in{s.input_len} out{s.output_len}"
         )
 
@@ -118,17 +112,8 @@ class Configuration:
         return params * s.batch * (s.input_len / 8 + s.output_len) * (1 + s.warmup + s.min_reps)
 
     def to_job(self) -> dict:
-        return {
-            "models": list(self.models),
-            "device": self.device,
-            "runtime": self.runtime,
-            "precision": self.precision,
-            "settings": asdict(self.settings),
-            "threads": self.threads,
-            "options": dict(self.options),
-            "memory_limit_gb": self.memory_limit_gb,
-            "sweep": self.sweep,
-        }
+        return {"runs": [r.to_dict() for r in self.runs], "memory_limit_gb": self.memory_limit_gb,
+                "sweep": self.sweep}
 
 
 # ---------------------------------------------------------------- parsing and validation
@@ -343,18 +328,6 @@ def _options(path: str, table) -> tuple[tuple[str, tuple[tuple[str, object], ...
     return tuple(sorted(out))
 
 
-def runner_options(sweep_options, runtime: str, device: str, settings: RunSettings) -> tuple:
-    """The options one configuration's runner gets: the file's for its runtime, plus what
-    `slmbench run` would fill in (OpenVINO: the mode by device, and static shapes from the
-    lengths), so a sweep row and a run row of the same thing share a key."""
-    from slmbench.runners import RUNNERS
-
-    opts = dict(dict(sweep_options).get(runtime, ()))
-    if runtime in RUNNERS:
-        opts = RUNNERS[runtime].run_options(device, settings, opts)
-    return tuple(sorted(opts.items()))
-
-
 def parse_sweep(data: dict, path: str = "", default_name: str = "sweep") -> Sweep:
     """A sweep from a parsed TOML document; raises SweepFileError naming the first bad key."""
     if not isinstance(data, dict):
@@ -518,19 +491,10 @@ def expand(sweep: Sweep) -> tuple[list[Configuration], list[str]]:
                                 continue
                             unit = tuple(unit)
                             fitted_any.update({("input_lens", input_len), ("output_lens", output_len)})
-                            configs.append(
-                                Configuration(
-                                    unit,
-                                    device,
-                                    runtime,
-                                    precision,
-                                    settings,
-                                    threads,
-                                    runner_options(sweep.options, runtime, device, settings),
-                                    memory,
-                                    sweep.name,
-                                )
-                            )
+                            options = dict(dict(sweep.options).get(runtime, ()))
+                            runs = tuple(RunConfig.create(m, device, runtime, precision, settings, threads, options)
+                                         for m in unit)
+                            configs.append(Configuration(runs, memory, sweep.name))
     for key, values in (("input_lens", g.input_lens), ("output_lens", g.output_lens)):
         for v in values:
             if combos and (key, v) not in fitted_any:

@@ -22,10 +22,12 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from slmbench.results import SCHEMA, append_row, check_writable, read_rows
+from slmbench.environment import machine_of, this_machine
+from slmbench.results import append_rows, check_writable, read_rows
+from slmbench.rows import failed_row
 from slmbench.sweep import Configuration, Sweep
 from slmbench.worker import INJECT_ENV
 
@@ -69,10 +71,13 @@ class SweepProgress:
 
 
 def completed_keys(results: Path) -> set[str]:
-    """Keys that already have an ok row (failed ones are tried again on resume)."""
+    """Keys that already have an ok row measured on this machine (failed ones are tried again on
+    resume; another machine's rows, committed or copied in, are never this machine's result)."""
     if not results.exists():
         return set()
-    return {r["key"] for r in read_rows([results]) if r.get("status") == "ok" and r.get("key")}
+    here = this_machine()["id"]
+    return {r["key"] for r in read_rows([results])
+            if r.get("status") == "ok" and r.get("key") and machine_of(r)["id"] == here}
 
 
 def availability(configs: list[Configuration]) -> dict[tuple[str, str], str]:
@@ -94,40 +99,14 @@ def availability(configs: list[Configuration]) -> dict[tuple[str, str], str]:
 
 def failed_rows(config: Configuration, error: str, failure: dict) -> list[dict]:
     """What a failed configuration leaves behind: its identity, its settings and the cause."""
-    from slmbench.environment import environment
     from slmbench.models import resolve_model
 
     group = uuid.uuid4().hex[:12]
     rows = []
-    for model, key in config.keys.items():
-        spec = resolve_model(model)
-        rows.append(
-            {
-                "schema": SCHEMA,
-                "run_id": uuid.uuid4().hex[:12],
-                "group": group,
-                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "key": key,
-                "status": "failed",
-                "error": error,
-                "failure": failure,
-                "model": model,
-                "family": spec.family.value,
-                "parameters": spec.parameters,
-                "device": config.device,
-                "runtime": config.runtime,
-                "precision": config.precision,
-                "batch": config.settings.batch,
-                "input_len": config.settings.input_len,
-                "output_len": config.settings.output_len,
-                "threads": config.threads,
-                "mode": dict(config.options).get("mode"),
-                "settings": asdict(config.settings),
-                "compared_with": [m for m in config.models if m != model],
-                "sweep": config.sweep,
-                "environment": environment(),
-            }
-        )
+    for run in config.runs:
+        spec = resolve_model(run.model)
+        rows.append(failed_row(run, group, error, failure, spec.family.value, spec.parameters,
+                               compared_with=[m for m in config.models if m != run.model], sweep=config.sweep))
     return rows
 
 
@@ -284,9 +263,8 @@ def _append_together(results: Path, rows: list[dict], written: list[dict]) -> No
     if in_main:
         signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
-        for row in rows:
-            append_row(results, row)
-            written.append(row)
+        append_rows(results, rows)
+        written.extend(rows)
     finally:
         if in_main:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
@@ -374,8 +352,8 @@ def run_sweep(
             todo.append(config)
     if outcome.done_before:
         progress.log(
-            f"{outcome.done_before} configurations already measured in {results} (skipped; --force "
-            "measures them again)"
+            f"{outcome.done_before} configurations already measured on this machine "
+            f"({this_machine()['name']}) in {results} (skipped; --force measures them again)"
         )
     if todo:
         check_writable(results)  # fail before measuring, and leave no empty file when nothing runs

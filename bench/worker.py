@@ -78,41 +78,22 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def run_job(job: dict) -> list[dict]:
-    from slmbench.benchmark import config_key
-    from slmbench.measure import RunSettings
-    from slmbench.models import resolve_model
+    from slmbench.benchmark import run_benchmark
+    from slmbench.config import RunConfig
     from slmbench.runners import select_runner
 
-    settings = RunSettings(**job["settings"])
-    options = job.get("options") or None
-    keys = [
-        config_key(m, job["device"], job["runtime"], job["precision"], settings, job["threads"], options)
-        for m in job["models"]
-    ]
-    fault = planned_fault(keys, os.environ.get(INJECT_ENV))
-    specs = [resolve_model(m) for m in job["models"]]
-    select_runner(job["device"], job["runtime"])  # a clear error before any export
+    runs = [RunConfig.from_dict(r) for r in job["runs"]]
+    fault = planned_fault([r.key for r in runs], os.environ.get(INJECT_ENV))
+    for run in runs:
+        select_runner(run.device, run.runtime)  # a clear error before any export
 
     def progress(label, done):
         print(f"@progress {label} {done}", flush=True)
         if fault:
             inject(fault, bool(job.get("memory_limit_gb")))
 
-    from slmbench.benchmark import run_benchmark
-
-    return run_benchmark(
-        specs,
-        job["device"],
-        job["runtime"],
-        job["precision"],
-        settings,
-        job["threads"],
-        results=None,
-        cache_dir=job.get("cache_dir"),
-        options=options,
-        log=lambda msg: print(f"@log {msg}", flush=True),
-        progress=progress,
-    )
+    return run_benchmark(runs, results=None, cache_dir=job.get("cache_dir"),
+                         log=lambda msg: print(f"@log {msg}", flush=True), progress=progress)
 
 
 def write_outcome(out: Path, outcome: dict) -> None:

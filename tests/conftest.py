@@ -26,6 +26,6 @@ def tiny_onnx(cache_dir):
 
 @pytest.fixture
 def quick_settings():
-    from slmbench.measure import RunSettings
+    from slmbench.config import RunSettings
 
     return RunSettings(input_len=16, output_len=6, warmup=1, min_reps=3, min_time_s=0.0)

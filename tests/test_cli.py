@@ -56,7 +56,9 @@ def test_tiny_run_prints_tables_and_ratios(tmp_path):
     (["run", "-i", "0"], "input_len must be a positive integer"),
     (["run", "-o", "-3"], "output_len must be a positive integer"),
     (["run", "-b", "0"], "batch must be a positive integer"),
-    (["run", "-t", "0"], "--threads must be a positive integer"),
+    (["run", "-t", "0"], "threads must be an integer from 1 to 4096"),
+    (["run", "-t", "10000"], "threads must be an integer from 1 to 4096"),
+    (["run", "-m", "mu-tiny", "-m", "mu-tiny"], "--model mu-tiny is given twice"),
     (["run", "-m", "deconly-tiny", "-i", "1000", "-o", "100"], "exceeds deconly-tiny's maximum positions (1024)"),
     (["run", "-m", "mu-tiny", "--results", "/proc/nope/r.jsonl"], "cannot write results to /proc/nope/r.jsonl"),
 ])

@@ -209,7 +209,7 @@ def test_gpu_check_script_runs_from_source_in_cpu_mode(tmp_path):
     for model in ("mu-tiny", "deconly-tiny"):
         for precision in ("fp32", "bf16"):
             assert f"{model:14s} torch/cpu {precision:5s} TTFT p50" in out
-    assert out.count("encoder-decoder / decoder-only: TTFT x") == 2
+    assert out.count("mu-tiny / deconly-tiny: TTFT reduction") == 2
     assert len(results.read_text().splitlines()) == 4
 
 
@@ -253,10 +253,11 @@ def test_torch_cuda_fp32_matches_cpu(name):
 @needs_torch_cuda
 def test_torch_cuda_rows_carry_device_provenance(tmp_path, quick_settings, cache_dir):
     from slmbench.benchmark import run_benchmark
+    from slmbench.config import plan
 
     specs = [resolve_model("mu-tiny"), resolve_model("deconly-tiny")]
-    rows = run_benchmark(specs, "cuda", "torch", "fp16", quick_settings, results=tmp_path / "r.jsonl",
-                         cache_dir=cache_dir, log=lambda m: None)
+    rows = run_benchmark(plan([s.name for s in specs], "cuda", ["torch"], "fp16", quick_settings),
+                         results=tmp_path / "r.jsonl", cache_dir=cache_dir, log=lambda m: None)
     for row in rows:
         assert row["device_executed"].startswith("cuda")
         info = row["device_info"]

@@ -117,8 +117,9 @@ def test_huge_pages_can_be_turned_off(monkeypatch):
 
 def test_every_row_says_what_happened_to_huge_pages(tmp_path, quick_settings):
     from slmbench.benchmark import run_benchmark
+    from slmbench.config import plan
 
-    row = run_benchmark([resolve_model("deconly-tiny")], "cpu", "onnxruntime", settings=quick_settings,
+    row = run_benchmark(plan(["deconly-tiny"], "cpu", ["onnxruntime"], settings=quick_settings),
                         results=tmp_path / "r.jsonl", log=lambda m: None)[0]
     assert row["huge_pages"]["status"] and "thp_mode" in row["huge_pages"]
     assert row["environment"]["transparent_hugepages"] == thp_mode()

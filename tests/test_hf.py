@@ -124,7 +124,7 @@ def test_cached_steps_match_the_models_own_forward(built, kind):
 @pytest.mark.parametrize("kind", sorted(SUPPORTED))
 def test_export_parity_and_run(built, cache_dir, kind):
     from slmbench.benchmark import run_benchmark
-    from slmbench.measure import RunSettings
+    from slmbench.config import RunSettings, plan
 
     spec, _ = built(kind)
     artifact, _ = onnx_artifact(spec, cache_dir=cache_dir)
@@ -137,8 +137,8 @@ def test_export_parity_and_run(built, cache_dir, kind):
         assert [i.name for i in model.graph.input] == graph["inputs"]
         assert [o.name for o in model.graph.output] == graph["outputs"]
     settings = RunSettings(input_len=8, output_len=4, warmup=0, min_reps=1, min_time_s=0.0)
-    (row,) = run_benchmark([spec], "cpu", "onnxruntime", "fp32", settings, threads=1, cache_dir=cache_dir,
-                           log=lambda msg: None)
+    (row,) = run_benchmark(plan([spec.name], "cpu", ["onnxruntime"], "fp32", settings, threads=1),
+                           cache_dir=cache_dir, log=lambda msg: None, specs=[spec])
     assert row["model"] == spec.name and row["family"] == spec.family.value
     assert row["artifact"]["reused"] and row["artifact"]["spec_hash"] == spec.content_hash()
     assert row["tokens_generated"] == 4 and row["metrics"]["ttft_s"]["median"] > 0
@@ -151,8 +151,8 @@ def test_openvino_stateful_parity_and_run(built, cache_dir, kind):
     """The OpenVINO IR is made from the same ONNX artifact, stateful, with its own parity check."""
     pytest.importorskip("openvino")
     from slmbench.benchmark import run_benchmark
+    from slmbench.config import RunSettings, plan
     from slmbench.exporters.openvino import openvino_artifact
-    from slmbench.measure import RunSettings
 
     spec, _ = built(kind)
     artifact, _ = openvino_artifact(spec, cache_dir=cache_dir)
@@ -161,8 +161,8 @@ def test_openvino_stateful_parity_and_run(built, cache_dir, kind):
     assert m["parity"]["passed"] and m["parity"]["max_abs_diff"] <= 1e-4
     assert m["spec_hash"] == spec.content_hash()
     settings = RunSettings(input_len=8, output_len=4, warmup=0, min_reps=1, min_time_s=0.0)
-    (row,) = run_benchmark([spec], "cpu", "openvino", "fp32", settings, threads=1, cache_dir=cache_dir,
-                           log=lambda msg: None)
+    (row,) = run_benchmark(plan([spec.name], "cpu", ["openvino"], "fp32", settings, threads=1),
+                           cache_dir=cache_dir, log=lambda msg: None, specs=[spec])
     assert row["runtime"] == "openvino" and row["device_executed"].upper().startswith("CPU")
     assert row["artifact"]["reused"] and row["tokens_generated"] == 4
     assert row["metrics"]["ttft_s"]["median"] > 0

@@ -362,7 +362,7 @@ def test_cli_export_openvino(cache_dir):
 @pytest.mark.parametrize("name", ["mu-tiny", "deconly-tiny"])
 def test_bare_loop_does_the_same_work_as_the_harness(name, cache_dir):
     """The harness-overhead floor on OpenVINO: same tokens as the harness (measure_overhead checks)."""
-    from slmbench.measure import RunSettings
+    from slmbench.config import RunSettings
     from slmbench.overhead import measure_overhead, overhead_ratios
     from slmbench.runners.openvino import OpenVinoRunner
 

@@ -28,7 +28,7 @@ STORED = {("onnxruntime", "fp16"): "fp16", ("onnxruntime", "int8"): "int8",
 def runs(cache_dir):
     """(runtime, precision) -> {model: row}, measured on first use."""
     from slmbench.benchmark import run_benchmark
-    from slmbench.measure import RunSettings
+    from slmbench.config import RunSettings, plan
 
     done: dict = {}
     settings = RunSettings(input_len=8, output_len=4, warmup=0, min_reps=1, min_time_s=0.0)
@@ -38,8 +38,8 @@ def runs(cache_dir):
         if runtime == "openvino" and precision in ("int8", "int4"):
             pytest.importorskip("nncf", reason="OpenVINO int8/int4 need nncf (the quant extra)")
         if (runtime, precision) not in done:
-            rows = run_benchmark([resolve_model(m) for m in TINY], "cpu", runtime, precision, settings,
-                                 cache_dir=cache_dir, log=lambda _: None)
+            rows = run_benchmark(plan(TINY, "cpu", [runtime], precision, settings), cache_dir=cache_dir,
+                                 log=lambda _: None)
             done[runtime, precision] = {r["model"]: r for r in rows}
         return done[runtime, precision]
 

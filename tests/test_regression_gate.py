@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from slmbench.benchmark import config_key
 from slmbench.cli import cli
 from slmbench.compare import compare, compare_rows
+from slmbench.config import RunConfig, RunSettings
 from slmbench.environment import environment
-from slmbench.measure import RunSettings, Subject, generate, make_inputs, measure
+from slmbench.measure import Subject, generate, make_inputs, measure
 from slmbench.models import resolve_model
 from slmbench.overhead import measure_overhead, overhead_ratios
 from slmbench.results import append_row
@@ -55,7 +55,7 @@ class DoubleStepRunner(OnnxRuntimeRunner):
 
 def _rows(subjects, specs, group):
     env = environment()
-    return [{"key": config_key(spec.name, "cpu", "onnxruntime", "fp32", SETTINGS, 1), "group": group,
+    return [{"key": RunConfig(spec.name, "cpu", "onnxruntime", "fp32", SETTINGS, 1).key, "group": group,
              "status": "ok", "model": spec.name, "family": spec.family.value, "device": "cpu",
              "runtime": "onnxruntime", "precision": "fp32", "batch": 1, "input_len": SETTINGS.input_len,
              "output_len": SETTINGS.output_len, "threads": 1,
@@ -183,7 +183,7 @@ def test_overhead_gate_sees_a_harness_doing_double_work(cache_dir, tmp_path):
                                             results=tmp_path / "o.jsonl", log=lambda m: None)
     base, again, slow = measure_(None), measure_(None), measure_(DoubleStepRunner)
     assert [r["loop"] for r in base] == ["harness", "bare"] and base[0]["group"] == base[1]["group"]
-    plain = config_key(spec.name, "cpu", "onnxruntime", "fp32", SETTINGS, 1)
+    plain = RunConfig(spec.name, "cpu", "onnxruntime", "fp32", SETTINGS, 1).key
     assert base[0]["overhead_of"] == base[1]["overhead_of"] == plain
     ratio = overhead_ratios(base)[0]
     assert 0.8 < ratio["overhead_step"] < 1.25  # the bare loop does the same work as the harness

@@ -8,18 +8,20 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from slmbench.analysis import build, ratio_ci, rep_metrics
+from slmbench.analysis import build, rep_metrics
 from slmbench.cli import cli
+from slmbench.environment import machine_identity
 from slmbench.plots import FIGURES
 from slmbench.report import build_report
 from slmbench.results import append_row, read_rows
+from slmbench.stats import ratio_ci
 
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory, cache_dir):
     """Real rows: the tiny pair measured interleaved at two input lengths, plus one failed row."""
     from slmbench.benchmark import run_benchmark
-    from slmbench.measure import RunSettings
+    from slmbench.config import RunSettings, plan
     from slmbench.models import resolve_model
     from slmbench.sweep import parse_sweep
     from slmbench.sweep_run import failed_rows
@@ -30,12 +32,7 @@ def measured(tmp_path_factory, cache_dir):
     for n in (16, 64):
         settings = RunSettings(input_len=n, output_len=8, warmup=0, min_reps=4, min_time_s=0.0)
         run_benchmark(
-            specs,
-            "cpu",
-            "onnxruntime",
-            "fp32",
-            settings,
-            threads=1,
+            plan([s.name for s in specs], "cpu", ["onnxruntime"], "fp32", settings, threads=1),
             results=results,
             cache_dir=cache_dir,
             log=lambda msg: None,
@@ -110,15 +107,16 @@ def test_several_hosts_merge_into_one_report_with_a_panel_each(measured, tmp_pat
         row = copy.deepcopy(row)
         row.pop("_source")
         row["environment"]["host"] = "laptop"
+        row["machine"] = machine_identity(row["environment"])
         row["group"] = (row.get("group") or "") + "-laptop"
         other.write_text((other.read_text() if other.exists() else "") + json.dumps(row) + "\n")
     built = build_report([measured, other], tmp_path / "out")
     data = built.data
-    assert set(data.hosts["host"]) >= {"laptop"} and len(data.hosts) == 2
-    assert set(data.configs["platform"]) == {f"cpu @ {h}" for h in data.hosts["host"]}
-    assert len(data.ratios) == 4  # each host's pairs stay its own
+    assert set(data.machines["host"]) >= {"laptop"} and len(data.machines) == 2
+    assert set(data.configs["platform"]) == {f"cpu @ {m}" for m in data.machines["machine"]}
+    assert len(data.ratios) == 4  # each machine's pairs stay its own
     text = built.markdown.read_text()
-    assert "## Hosts: which machine measured what" in text and "| laptop |" in text
+    assert "## Machines: which machine measured what" in text and "| laptop |" in text
 
 
 def test_cli_report_prints_tables_and_writes_the_report(measured, tmp_path):
@@ -145,7 +143,7 @@ def test_prefill_rate_is_fitted_from_ttft_against_input_length():
     from slmbench.report import prefill_rate_rows
 
     # TTFT = 0.2 s + input / 400 tok/s, measured at three lengths
-    configs = pd.DataFrame({"model": "m", "runtime": "onnxruntime", "platform": "cpu", "precision": "fp32",
+    configs = pd.DataFrame({"model": "m", "series": "m", "runtime": "onnxruntime", "platform": "cpu", "precision": "fp32",
                             "batch": 1, "input_len": [256, 512, 1024],
                             "ttft_s_median": [0.2 + n / 400 for n in (256, 512, 1024)]})
     empty = pd.DataFrame()

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from slmbench.benchmark import run_benchmark
-from slmbench.measure import Repetition, RunSettings
+from slmbench.config import RunSettings, plan
+from slmbench.measure import Repetition
 from slmbench.models import resolve_model
 from slmbench.results import load_results, read_rows
 
@@ -20,7 +21,8 @@ def rows(tmp_path_factory, cache_dir):
     results = tmp_path_factory.mktemp("run") / "results.jsonl"
     settings = RunSettings(input_len=16, output_len=6, warmup=1, min_reps=3, min_time_s=0.0)
     specs = [resolve_model("mu-tiny"), resolve_model("deconly-tiny")]
-    return run_benchmark(specs, "cpu", "onnxruntime", settings=settings, threads=1, results=results,
+    return run_benchmark(plan([s.name for s in specs], "cpu", ["onnxruntime"], settings=settings, threads=1),
+                         results=results,
                          cache_dir=cache_dir, log=lambda m: None), results
 
 
@@ -128,8 +130,8 @@ def test_run_length_from_ci_width(cache_dir):
     for target, expected in ((0.99, 3), (1e-9, 8)):
         settings = RunSettings(input_len=8, output_len=4, warmup=0, min_reps=3, max_reps=8, min_time_s=0.0,
                                target_ci=target)
-        row = run_benchmark([spec], "cpu", "onnxruntime", settings=settings, threads=1, cache_dir=cache_dir,
-                            log=lambda m: None)[0]
+        row = run_benchmark(plan([spec.name], "cpu", ["onnxruntime"], settings=settings, threads=1),
+                            cache_dir=cache_dir, log=lambda m: None)[0]
         assert len(row["repetitions"]) == expected and row["settings"]["target_ci"] == target
     for bad in (0, 1.5, float("nan"), True):
         with pytest.raises(InvalidOption, match="target_ci"):

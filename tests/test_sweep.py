@@ -178,7 +178,7 @@ def test_runner_options_are_per_runtime_and_fill_what_run_would(tmp_path):
         "options": {"openvino": {"kv_cache_precision": "f16"}},
     }
     configs, _ = parse_sweep(doc, "o.toml").configurations()
-    by = {(c.device, c.runtime, c.settings.input_len): dict(c.options) for c in configs}
+    by = {(c.device, c.runtime, c.settings.input_len): c.runs[0].option_dict for c in configs}
     assert by["cpu", "onnxruntime", 16] == {}
     assert by["cpu", "openvino", 16] == {"mode": "stateful", "kv_cache_precision": "f16"}
     assert by["npu", "openvino", 32] == {

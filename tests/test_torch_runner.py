@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from slmbench.benchmark import run_benchmark
+from slmbench.config import plan
 from slmbench.errors import InvalidOption
 from slmbench.exporters.parity import parity_inputs
 from slmbench.measure import generate
@@ -131,7 +132,7 @@ def test_unknown_precision_is_refused(cache_dir):
 
 def test_rows_from_the_torch_runner_are_honest(tmp_path, quick_settings, cache_dir):
     specs = [resolve_model(n) for n in TINY]
-    rows = run_benchmark(specs, "cpu", "torch", "bf16", quick_settings, threads=1,
+    rows = run_benchmark(plan(TINY, "cpu", ["torch"], "bf16", quick_settings, threads=1),
                          results=tmp_path / "r.jsonl", cache_dir=cache_dir, log=lambda m: None)
     assert [r["model"] for r in rows] == list(TINY)
     for row, spec in zip(rows, specs, strict=True):

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from slmbench.cli import cli
+from slmbench.config import LIMITS, RunSettings
 from slmbench.errors import InvalidOption
-from slmbench.measure import LIMITS, RunSettings
 from slmbench.models import PRESETS
 from slmbench.runners import DEVICES
 from slmbench.sweep import PRECISIONS, SweepFileError, known_runtimes, load_sweep, parse_sweep
@@ -309,7 +309,7 @@ RUN_OPTIONS = {
     "--batch": "batch",
     "--min-reps": "min_reps",
     "--max-reps": "max_reps",
-    "--threads": "--threads",
+    "--threads": "threads must be",
 }
 
 

@@ -1,0 +1,207 @@
+"""`RunConfig`: what one measured row is a measurement *of*, and the only implementation of its key.
+
+One model on one runtime and device, at one precision, batch and lengths, with its repetition
+settings, thread count and every runtime option that changes speed (the OpenVINO mode, KV-cache
+precision, static capacities). `slmbench run`, sweep expansion, the sweep worker, `overhead`,
+`perf` and `gpu_check` all build one of these, so a row measured by any of them carries the same
+key for the same thing. Where it was measured is the machine's identity (slmbench.environment),
+never part of the key: resume, report and gate match on (machine, key).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+from slmbench.errors import InvalidOption
+
+LIMITS = {"batch": 256, "input_len": 1 << 17, "output_len": 1 << 16}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Batch, lengths and how long to repeat: the part of a configuration shared by everything
+    measured interleaved in one run. Validated on construction, no side effects."""
+
+    batch: int = 1
+    input_len: int = 512
+    output_len: int = 128
+    warmup: int = 1
+    min_reps: int = 5
+    min_time_s: float = 10.0
+    max_reps: int = 200
+    seed: int = 0
+    # Optional run length chosen from the data: keep repeating (up to max_reps) until the 95% CI
+    # of the median TTFT and of the median TPOT is within this fraction of the median.
+    target_ci: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "input_len", "output_len", "min_reps", "max_reps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise InvalidOption(f"{name} must be a positive integer, got {value!r}")
+            if value > LIMITS.get(name, 1 << 30):
+                raise InvalidOption(f"{name} = {value} is beyond the supported {LIMITS[name]}")
+        if not isinstance(self.warmup, int) or isinstance(self.warmup, bool) or self.warmup < 0:
+            raise InvalidOption(f"warmup must be an integer >= 0, got {self.warmup!r}")
+        if (not isinstance(self.min_time_s, int | float) or isinstance(self.min_time_s, bool)
+                or not math.isfinite(self.min_time_s) or self.min_time_s < 0):
+            raise InvalidOption(f"min_time_s must be a finite number of seconds >= 0, got {self.min_time_s!r}")
+        if self.target_ci is not None and (not isinstance(self.target_ci, int | float)
+                                           or isinstance(self.target_ci, bool)
+                                           or not 0 < self.target_ci < 1):
+            raise InvalidOption(f"target_ci must be a fraction between 0 and 1 (0.05 = +-5%), "
+                                f"got {self.target_ci!r}")
+        if self.max_reps < self.min_reps:
+            raise InvalidOption(f"max_reps ({self.max_reps}) must be >= min_reps ({self.min_reps})")
+
+    def check_fits(self, model: str, cfg) -> None:
+        """Lengths must fit the model's positions (decoder-only: prompt + generated tokens)."""
+        if cfg.is_encoder_decoder:
+            need = {"input_len": self.input_len, "output_len": self.output_len}
+        else:
+            need = {"input_len + output_len": self.input_len + self.output_len}
+        for what, value in need.items():
+            if value > cfg.max_positions:
+                raise InvalidOption(f"{what} = {value} exceeds {model}'s maximum positions "
+                                    f"({cfg.max_positions}); use shorter lengths")
+
+
+MAX_THREADS = 4096
+Scalar = str | int | float | bool
+
+
+def _check_options(options) -> tuple[tuple[str, Scalar], ...]:
+    items = options.items() if isinstance(options, Mapping) else options
+    out = []
+    for name, value in items:
+        if not isinstance(name, str) or not name:
+            raise InvalidOption(f"a runner option name must be a non-empty string, got {name!r}")
+        if value is None:
+            continue  # an option not given is not a setting
+        if not isinstance(value, Scalar) or (isinstance(value, float) and not math.isfinite(value)):
+            raise InvalidOption(f"runner option {name} must be a string, number or boolean, got {value!r}")
+        out.append((name, value))
+    return tuple(sorted(out))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One configuration; frozen and validated on construction (no side effects, no I/O)."""
+
+    model: str
+    device: str
+    runtime: str
+    precision: str
+    settings: RunSettings
+    threads: int
+    options: tuple[tuple[str, Scalar], ...] = ()
+    loop: str | None = None  # harness-overhead rows: "harness" or "bare" (slmbench.overhead)
+    _key: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        from slmbench.runners import DEVICES
+
+        for name in ("model", "runtime", "precision"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value or "|" in value:
+                raise InvalidOption(f"{name} must be a non-empty name without '|', got {value!r}")
+        if self.device not in DEVICES:
+            raise InvalidOption(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)}")
+        if not isinstance(self.settings, RunSettings):
+            raise InvalidOption(f"settings must be RunSettings, got {type(self.settings).__name__}")
+        if not isinstance(self.threads, int) or isinstance(self.threads, bool) or not 1 <= self.threads <= MAX_THREADS:
+            raise InvalidOption(f"threads must be an integer from 1 to {MAX_THREADS}, got {self.threads!r}")
+        if self.loop not in (None, "harness", "bare"):
+            raise InvalidOption(f"loop must be harness or bare, got {self.loop!r}")
+        object.__setattr__(self, "options", _check_options(self.options))
+        object.__setattr__(self, "_key", self._make_key())
+
+    def _make_key(self) -> str:
+        s = self.settings
+        extra = self.options + ((("loop", self.loop),) if self.loop else ())
+        opts = ",".join(f"{k}={v}" for k, v in sorted(extra))
+        return (f"{self.model}|{self.device}|{self.runtime}|{self.precision}|b{s.batch}|in{s.input_len}|"
+                f"out{s.output_len}|t{self.threads}" + (f"|{opts}" if opts else ""))
+
+    @property
+    def key(self) -> str:
+        """What makes two rows the same configuration (the format rows of schema 1 already carry)."""
+        return self._key
+
+    @property
+    def peer_key(self) -> str:
+        """The key without the model: rows that share it differ only in the model measured."""
+        return peer_key(self.key)
+
+    @property
+    def option_dict(self) -> dict:
+        return dict(self.options)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "device": self.device, "runtime": self.runtime, "precision": self.precision,
+                "settings": asdict(self.settings), "threads": self.threads, "options": dict(self.options),
+                "loop": self.loop}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> RunConfig:
+        try:
+            return cls(data["model"], data["device"], data["runtime"], data["precision"],
+                       RunSettings(**data["settings"]), data["threads"], tuple((data.get("options") or {}).items()),
+                       data.get("loop"))
+        except (KeyError, TypeError) as exc:
+            raise InvalidOption(f"not a run configuration ({exc})") from None
+
+    @classmethod
+    def create(cls, model: str, device: str = "cpu", runtime: str | None = None, precision: str = "fp32",
+               settings: RunSettings | None = None, threads: int | None = None, options: Mapping | None = None,
+               loop: str | None = None) -> RunConfig:
+        """A configuration with what a run would fill in: the device's default runtime (checked
+        available), the physical-core thread count, and the runner's option defaults for the device
+        and shapes (one runtime's options never enter another's key)."""
+        from slmbench.runners import RUNNERS, select_runner
+        from slmbench.runners.base import default_threads
+
+        settings = settings or RunSettings()
+        if runtime is None:
+            runtime = select_runner(device, None).runtime
+        if threads is None:
+            threads = default_threads()
+        opts = dict(options or {})
+        if runtime in RUNNERS:
+            opts = RUNNERS[runtime].run_options(device, settings, opts)
+        return cls(model, device, runtime, precision, settings, threads, tuple(opts.items()), loop)
+
+
+def plan(models: Iterable[str], device: str = "cpu", runtimes: Sequence[str | None] = (None,),
+         precision: str = "fp32", settings: RunSettings | None = None, threads: int | None = None,
+         options: Mapping | None = None) -> list[RunConfig]:
+    """Every model on every runtime (None: the device's default), in that order: what one
+    interleaved `run` measures. A model or runtime named twice is refused, not measured twice."""
+    models, runtimes = list(models), list(runtimes) or [None]
+    for what, values in (("--model", models), ("--runtime", runtimes)):
+        seen = set()
+        for v in values:
+            if v in seen:
+                raise InvalidOption(f"{what} {v} is given twice; name each once")
+            seen.add(v)
+    return [RunConfig.create(m, device, r, precision, settings, threads, options) for r in runtimes for m in models]
+
+
+def peer_key(key: str) -> str:
+    """A key without its model (the first field): the pairing identity of schema-1 rows too."""
+    return key.partition("|")[2]
+
+
+def check_one_run(configs: Sequence[RunConfig]) -> None:
+    """Configurations measured interleaved in one run share their repetition settings, and none is
+    there twice (two rows with one key, the first carrying the second's load figures)."""
+    if not configs:
+        raise InvalidOption("nothing to measure: give at least one model")
+    keys = [c.key for c in configs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise InvalidOption(f"the configuration {key} is given twice; name each model once")
+    if len({c.settings for c in configs}) > 1:
+        raise InvalidOption("configurations measured in one run must share batch, lengths and repetitions")
