@@ -115,7 +115,8 @@ def main(models, runtimes, input_len, output_len, threads, min_reps, out, cache_
     specs = [resolve_model(m) for m in models]
     runtimes = [r for r in runtimes if r in RUNNERS and RUNNERS[r].availability("cpu").ok]
     summary = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": list(models), "threads": threads,
-               "input_len": input_len, "output_len": output_len, "environment": environment(), "machine": this_machine(), "goals": GOALS}
+               "input_len": input_len, "output_len": output_len, "environment": environment(),
+               "machine": this_machine(), "goals": GOALS}
 
     bandwidth = host_bandwidth(threads, refresh=True)
     summary["bandwidth"] = bandwidth

@@ -1,13 +1,17 @@
 """Figures: pure functions from the report DataFrames (slmbench.analysis) to PNG and SVG files.
 
-Each function draws one figure, saves `<name>.png` and `<name>.svg` in the given folder and
-returns the PNG path, or None when the frames hold nothing it could draw. Encoder-decoder series
-are blue, decoder-only orange; the runtime sets the marker and line style. Times are shown in
-ms or s, whichever reads better for the figure's range.
+Each figure function draws one figure, saves `<name>.png` and `<name>.svg` in the given folder and
+returns the PNG path, or None when the frames hold nothing it could draw; `fn.draw(frame)` returns
+the Figure unsaved (tests inspect it). One series is one value of the frames' `series` column, the
+label analysis builds from every dimension that varies; one panel is one `platform`. Each series
+keeps one (colour, marker, line style) in every panel and figure: encoder-decoder in blue shades,
+decoder-only in orange, marker by runtime, dash by precision. Ratio charts give each ratio series
+its own colour. Times are shown in ms or s, whichever reads better for the figure's range.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -16,41 +20,93 @@ import pandas as pd
 from slmbench.analysis import DO, ED, PAPER_THROUGHPUT_RATIO, PAPER_TTFT_REDUCTION_PCT
 
 _MARKERS = {"onnxruntime": "o", "openvino": "s", "torch": "^"}
-_LINES = {"onnxruntime": "-", "openvino": "--", "torch": ":"}
+_DASHES = {"fp32": "-", "int8": "--", "fp16": "-.", "int4": ":"}
 _FAMILY_MAPS = {ED: "Blues", DO: "Oranges"}
-# Series of ratio charts (runtime / pair): tab10 without the blue and orange that mean a family.
+# Series of ratio charts: tab10 without the blue and orange that mean a family and the red of the paper's line.
 _SERIES_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+_PAPER = "the paper's claim: 47% lower TTFT, 4.7x throughput"
+# Applied per figure with rc_context: a report must not change the caller's matplotlib settings.
+_RC = {
+    "figure.dpi": 110,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "legend.fontsize": 8,
+    "svg.fonttype": "none",
+}
 
 
-def _plt():
+def _styles(frame: pd.DataFrame) -> dict[str, tuple]:
+    """series -> (colour, marker, linestyle), unique per series. Each series of a family gets its own
+    shade, spread over the colour map; the order interleaves series sharing a marker and a dash, so
+    that those, told apart by shade alone, sit far apart in shade."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update(
-        {
-            "figure.dpi": 110,
-            "axes.grid": True,
-            "grid.alpha": 0.3,
-            "axes.spines.top": False,
-            "axes.spines.right": False,
-            "font.size": 9,
-            "axes.titlesize": 10,
-            "legend.fontsize": 8,
-            "svg.fonttype": "none",
-        }
-    )
-    return plt
+    rows = frame.drop_duplicates("series").sort_values("series")
+    styles = {}
+    for family, fam in rows.groupby(rows["family"].fillna(""), sort=False):
+        cmap = matplotlib.colormaps[_FAMILY_MAPS.get(family, "Greys")]
+        keys, seen = {}, {}
+        for r in fam.itertuples():
+            mark = (_MARKERS.get(r.runtime, "D"), _DASHES.get(r.precision, (0, (3, 1, 1, 1, 1, 1))))
+            seen[str(mark)] = seen.get(str(mark), -1) + 1
+            keys[r.series] = (seen[str(mark)], str(r.runtime), str(r.precision), r.series), mark
+        order = sorted(keys, key=lambda s: keys[s][0])
+        shades = np.linspace(0.92, 0.4, len(order)) if len(order) > 1 else [0.7]
+        for series, shade in zip(order, shades, strict=True):
+            styles[series] = (cmap(shade), *keys[series][1])
+    return styles
 
 
-def _save(fig, out: Path, name: str) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    png = out / f"{name}.png"
-    fig.savefig(png, dpi=150, bbox_inches="tight")
-    fig.savefig(out / f"{name}.svg", bbox_inches="tight")
-    _plt().close(fig)
-    return png
+def _ratio_colors(ratios: pd.DataFrame) -> dict[str, tuple]:
+    """Ratio series -> a colour of its own; past _SERIES_COLORS, tab20 and tab20b without blue, orange, red."""
+    import matplotlib
+
+    names = sorted(ratios["series"].unique())
+    palette = list(_SERIES_COLORS)
+    if len(names) > len(palette):
+        tab20 = [c for i, c in enumerate(matplotlib.colormaps["tab20"].colors) if i not in (0, 1, 2, 3, 6, 7)]
+        palette = tab20 + list(matplotlib.colormaps["tab20b"].colors)
+    return {name: palette[i % len(palette)] for i, name in enumerate(names)}
+
+
+def _figure(name: str, styles_of=_styles):
+    """Decorator: `draw(frame, styles) -> Figure | None` becomes `fn(frame, out, styles=None) -> PNG | None`,
+    with `fn.draw(frame, styles=None) -> Figure | None`; both draw under _RC without touching rcParams.
+    draw_all passes one styles dict to every figure so a series looks the same in all of them."""
+
+    def wrap(draw):
+        @functools.wraps(draw)
+        def figure(frame: pd.DataFrame, styles: dict | None = None):
+            if frame is None or frame.empty:
+                return None
+            import matplotlib
+
+            with matplotlib.rc_context(_RC):
+                return draw(frame, styles or styles_of(frame))
+
+        @functools.wraps(draw)
+        def save(frame: pd.DataFrame, out: Path, styles: dict | None = None) -> Path | None:
+            import matplotlib
+
+            with matplotlib.rc_context(_RC):
+                fig = figure(frame, styles)
+                if fig is None:
+                    return None
+                out = Path(out)
+                out.mkdir(parents=True, exist_ok=True)
+                png = out / f"{name}.png"
+                fig.savefig(png, dpi=150, bbox_inches="tight")
+                fig.savefig(out / f"{name}.svg", bbox_inches="tight")
+                return png
+
+        save.draw = figure
+        return save
+
+    return wrap
 
 
 def _time_unit(values) -> tuple[float, str]:
@@ -58,28 +114,38 @@ def _time_unit(values) -> tuple[float, str]:
     return (1.0, "s") if v.size and np.nanmax(v) >= 1.0 else (1e3, "ms")
 
 
-def _colors(models: list[str], families: dict[str, str]) -> dict[str, tuple]:
-    import matplotlib
+def _grid(n: int, width: float = 5.2, height: float = 3.8):
+    """A Figure (no pyplot: no global figure state) with n panels, up to 3 a row; spare axes hidden."""
+    from matplotlib.figure import Figure
 
-    out = {}
-    for family, cmap in _FAMILY_MAPS.items():
-        names = sorted(m for m in models if families.get(m) == family)
-        shades = np.linspace(0.85, 0.5, len(names)) if len(names) > 1 else [0.7]
-        for name, shade in zip(names, shades, strict=True):
-            out[name] = matplotlib.colormaps[cmap](shade)
-    for m in models:
-        out.setdefault(m, (0.4, 0.4, 0.4, 1.0))
-    return out
-
-
-def _grid(plt, n: int, width: float = 5.2, height: float = 3.8, rows_per: int = 1, sharey=False):
     cols = min(n, 3)
     rows = -(-n // cols)
     width = max(width, 7.5) if n == 1 else width
-    fig, axes = plt.subplots(
-        rows * rows_per, cols, figsize=(width * cols, height * rows * rows_per), squeeze=False, sharey=sharey
-    )
+    fig = Figure(figsize=(width * cols, height * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
     return fig, axes
+
+
+def _legend(fig, axes, inside: int = 5) -> None:
+    """Lay the figure out, then one legend entry per label: inside a lone panel with at most `inside`
+    entries, else one legend under the whole figure, placed after tight_layout below the lowest
+    x-axis label (bbox_inches="tight" keeps it in the file), with as many columns as fit its width."""
+    seen: dict[str, object] = {}
+    visible = [ax for ax in axes.flat if ax.get_visible()]
+    for ax in visible:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+    fig.tight_layout()
+    if not seen:
+        return
+    if len(visible) == 1 and len(seen) <= inside:
+        visible[0].legend(list(seen.values()), list(seen), loc="best", frameon=False)
+        return
+    per_entry = 0.7 + 0.055 * max(map(len, seen))  # inches: handle plus label at legend.fontsize 8
+    ncol = max(1, min(len(seen), int(fig.get_figwidth() // per_entry)))
+    fig.legend(list(seen.values()), list(seen), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, frameon=False)
 
 
 def _plain_log(axis, set_scale) -> None:
@@ -90,10 +156,6 @@ def _plain_log(axis, set_scale) -> None:
     axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(ticker.NullFormatter())
-
-
-def _series_label(model: str, runtime: str, precision: str, many_precisions: bool) -> str:
-    return f"{model} · {runtime}" + (f" · {precision}" if many_precisions else "")
 
 
 def _log2_x(ax, values) -> None:
@@ -110,43 +172,34 @@ def _shape_note(df: pd.DataFrame) -> str:
     return f"{'/'.join(map(str, outs))} new tokens, batch {'/'.join(map(str, batches))}"
 
 
-def _versus_input(
-    configs: pd.DataFrame, out: Path, name: str, metric: str, title: str, ylabel: str, time_metric: bool
-) -> Path | None:
-    if configs.empty or f"{metric}_median" not in configs:
+def _versus_input(configs, styles, metric: str, title: str, ylabel: str, time_metric: bool):
+    if f"{metric}_median" not in configs:
         return None
     df = configs.dropna(subset=[f"{metric}_median"])
     if df.empty:
         return None
-    plt = _plt()
     platforms = sorted(df["platform"].unique())
-    fig, axes = _grid(plt, len(platforms))
+    fig, axes = _grid(len(platforms))
     scale, unit = _time_unit(df[f"{metric}_median"]) if time_metric else (1.0, "")
-    colors = _colors(sorted(df["model"].unique()), dict(zip(df["model"], df["family"], strict=True)))
-    many_prec = df["precision"].nunique() > 1
     for ax, platform in zip(axes.flat, platforms, strict=False):
         sub = df[df["platform"] == platform]
-        for (model, runtime, precision, output_len, _batch), s in sub.groupby(
-            ["model", "runtime", "precision", "output_len", "batch"], sort=True
-        ):
+        for series, s in sub.groupby("series", sort=True):
             s = s.sort_values("input_len")
             y = s[f"{metric}_median"] * scale
             lo = (s[f"{metric}_median"] - s[f"{metric}_ci95_low"]).clip(lower=0) * scale
             hi = (s[f"{metric}_ci95_high"] - s[f"{metric}_median"]).clip(lower=0) * scale
-            label = _series_label(model, runtime, precision, many_prec)
-            if s["output_len"].nunique() and sub["output_len"].nunique() > 1:
-                label += f" · out {output_len}"
+            color, marker, dash = styles[series]
             ax.errorbar(
                 s["input_len"],
                 y,
                 yerr=[lo.fillna(0), hi.fillna(0)],
-                color=colors[model],
-                marker=_MARKERS.get(runtime, "D"),
-                linestyle=_LINES.get(runtime, "-."),
+                color=color,
+                marker=marker,
+                linestyle=dash,
                 capsize=3,
                 markersize=5,
                 linewidth=1.6,
-                label=label,
+                label=series,
             )
         _log2_x(ax, sub["input_len"])
         values = sub[f"{metric}_median"].dropna() * scale
@@ -156,53 +209,31 @@ def _versus_input(
         ax.set_title(f"{platform} ({_shape_note(sub)})")
         ax.set_xlabel("input length (tokens, log2 scale)")
         ax.set_ylabel((f"{ylabel} ({unit})" if unit else ylabel) + (", log scale" if log_y else ""))
-        ax.legend(loc="best", frameon=False)
-    for ax in list(axes.flat)[len(platforms) :]:
-        ax.set_visible(False)
-    fig.suptitle(
-        f"{title}\nencoder-decoder (blue) vs decoder-only (orange); median and 95% CI of the median", y=1.04
-    )
-    fig.tight_layout()
-    return _save(fig, out, name)
+    fig.suptitle(f"{title}\nencoder-decoder (blue) vs decoder-only (orange); median and 95% CI of the median", y=1.04)
+    _legend(fig, axes)
+    return fig
 
 
-def ttft_vs_input(configs: pd.DataFrame, out: Path) -> Path | None:
+@_figure("ttft_vs_input")
+def ttft_vs_input(configs: pd.DataFrame, styles: dict):
+    return _versus_input(configs, styles, "ttft_s", "Time to first token vs input length", "TTFT", True)
+
+
+@_figure("throughput_vs_input")
+def throughput_vs_input(configs: pd.DataFrame, styles: dict):
     return _versus_input(
-        configs, out, "ttft_vs_input", "ttft_s", "Time to first token vs input length", "TTFT", True
-    )
-
-
-def throughput_vs_input(configs: pd.DataFrame, out: Path) -> Path | None:
-    return _versus_input(
-        configs,
-        out,
-        "throughput_vs_input",
-        "decode_tps",
-        "Decode throughput vs input length",
-        "decode throughput (tokens/s)",
-        False,
+        configs, styles, "decode_tps", "Decode throughput vs input length", "decode throughput (tokens/s)", False
     )
 
 
 REDUCTION_FLOOR = -100.0  # a TTFT "reduction" below -100% (twice as slow) is drawn clipped, value printed
 
 
-def _bars_with_ci(ax, x, values, low, high, color, label, width, fmt: str, hatch=None, suffix: str = ""):
-    """Bars with CI whiskers and their value printed on them."""
+def _bars_with_ci(ax, x, values, low, high, color, label, width, fmt: str, suffix: str = "", rotate=False):
+    """Bars with CI whiskers and their value printed on them (upright when the bars are narrow)."""
     err = np.array([np.clip(values - low, 0, None), np.clip(high - values, 0, None)])
     err = np.nan_to_num(err) if np.isfinite(np.asarray(low, dtype=float)).any() else None
-    ax.bar(
-        x,
-        values,
-        width,
-        yerr=err,
-        color=color,
-        edgecolor="black",
-        linewidth=0.5,
-        capsize=3,
-        label=label,
-        hatch=hatch,
-    )
+    ax.bar(x, values, width, yerr=err, color=color, edgecolor="black", linewidth=0.5, capsize=3, label=label)
     for xi, v in zip(x, values, strict=True):
         if np.isfinite(v):  # printed at the bar's base, clear of the CI caps and of a clipped axis
             ax.annotate(
@@ -212,6 +243,7 @@ def _bars_with_ci(ax, x, values, low, high, color, label, width, fmt: str, hatch
                 textcoords="offset points",
                 ha="center",
                 va="bottom" if v >= 0 else "top",
+                rotation=90 if rotate else 0,
                 fontsize=7,
                 bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
             )
@@ -236,114 +268,85 @@ def _clip_reduction_axis(ax, lows) -> None:
         ax.set_ylim(min(bottom, 0), max(top, 60))
 
 
-def speedup(ratios: pd.DataFrame, out: Path) -> Path | None:
+_RATIO_PANELS = (
+    ("ttft_reduction", "ttft_reduction_pct", PAPER_TTFT_REDUCTION_PCT, "TTFT reduction (%)", ".0f", "%"),
+    ("throughput_ratio", "throughput_ratio", PAPER_THROUGHPUT_RATIO, "decode throughput ratio (x)", ".2f", "x"),
+)
+
+
+def _ratio_bars(ax, df: pd.DataFrame, keys: list[str], colors: dict, panel) -> list[tuple]:
+    """One ratio metric as bars: a group per distinct `keys`, in it a bar per ratio series (its colour,
+    labelled with it) with the bootstrap CI, the paper's claim as a line. Returns the groups in x order."""
+    metric, value, paper, ylabel, fmt, suffix = panel
+    groups = df.groupby(keys, sort=True)
+    most = int(groups.size().max())
+    width = 0.8 / most
+    for g, (_, sub) in enumerate(groups):
+        sub = sub.sort_values("series")
+        for k, r in enumerate(sub.to_dict("records")):
+            x = g + width * (k - (len(sub) - 1) / 2)
+            _bars_with_ci(
+                ax,
+                [x],
+                np.array([r[value]], dtype=float),
+                np.array([r[f"{metric}_low"]], dtype=float),
+                np.array([r[f"{metric}_high"]], dtype=float),
+                colors[r["series"]],
+                r["series"],
+                width,
+                fmt,
+                suffix,
+                rotate=most > 3,
+            )
+    ax.axhline(paper, color="crimson", linestyle="--", linewidth=1.2, label=_PAPER)
+    ax.axhline(0 if metric == "ttft_reduction" else 1, color="black", linewidth=0.8)
+    if metric == "ttft_reduction":
+        _clip_reduction_axis(ax, df["ttft_reduction_low"])
+    else:
+        ax.set_ylim(0, max(ax.get_ylim()[1], paper * 1.15))
+    ax.set_xticks(range(groups.ngroups))
+    ax.set_ylabel(ylabel)
+    return [key if isinstance(key, tuple) else (key,) for key in groups.groups]
+
+
+def _shape_tick(i, o, b) -> str:
+    return f"in {i}\nout {o}" + (f"\nb{b}" if b != 1 else "")
+
+
+@_figure("speedup", _ratio_colors)
+def speedup(ratios: pd.DataFrame, colors: dict):
     """TTFT reduction (%) and decode throughput ratio of encoder-decoder over decoder-only, per
-    platform and shape, with bootstrap 95% CIs from the repetitions."""
-    if ratios.empty:
-        return None
-    plt = _plt()
+    platform and shape, a bar per ratio series, with bootstrap 95% CIs from the repetitions."""
+    from matplotlib.figure import Figure
+
     platforms = sorted(ratios["platform"].unique())
-    per_panel = max(7.5, 1.5 + 1.1 * ratios.groupby("platform").size().max())
-    fig, axes = plt.subplots(2, len(platforms), figsize=(per_panel * len(platforms), 7.6), squeeze=False)
-    everywhere = sorted(
-        {(r.runtime, r.precision, r.encoder_decoder, r.decoder_only) for r in ratios.itertuples()}
-    )
-    color = {series: _SERIES_COLORS[i % len(_SERIES_COLORS)] for i, series in enumerate(everywhere)}
+    bars = ratios.groupby("platform").size().max()
+    fig = Figure(figsize=(max(7.5, 1.5 + 0.35 * bars) * len(platforms), 7.6))
+    axes = fig.subplots(2, len(platforms), squeeze=False)
     for col, platform in enumerate(platforms):
-        sub = ratios[ratios["platform"] == platform].sort_values(["input_len", "output_len", "runtime"])
-        series = sorted(
-            {(r.runtime, r.precision, r.encoder_decoder, r.decoder_only) for r in sub.itertuples()}
-        )
-        shapes = sorted({(r.input_len, r.output_len, r.batch) for r in sub.itertuples()})
-        width = 0.8 / max(len(series), 1)
-        for row, (metric, paper, ylabel) in enumerate(
-            (
-                ("ttft_reduction", PAPER_TTFT_REDUCTION_PCT, "TTFT reduction (%)"),
-                ("throughput_ratio", PAPER_THROUGHPUT_RATIO, "decode throughput ratio (x)"),
-            )
-        ):
+        sub = ratios[ratios["platform"] == platform]
+        for row, panel in enumerate(_RATIO_PANELS):
             ax = axes[row][col]
-            for k, (runtime, precision, ed, do) in enumerate(series):
-                s = sub[
-                    (sub["runtime"] == runtime)
-                    & (sub["precision"] == precision)
-                    & (sub["encoder_decoder"] == ed)
-                    & (sub["decoder_only"] == do)
-                ]
-                pos = [shapes.index((r.input_len, r.output_len, r.batch)) for r in s.itertuples()]
-                x = np.array(pos) - 0.4 + width * (k + 0.5)
-                value = s["ttft_reduction_pct"] if metric == "ttft_reduction" else s["throughput_ratio"]
-                low = s[f"{metric}_low"]
-                high = s[f"{metric}_high"]
-                _bars_with_ci(
-                    ax,
-                    x,
-                    value.to_numpy(),
-                    low.to_numpy(),
-                    high.to_numpy(),
-                    color[runtime, precision, ed, do],
-                    f"{ed} vs {do} · {runtime}" + (f" · {precision}" if precision != "fp32" else ""),
-                    width,
-                    ".0f" if row == 0 else ".2f",
-                    suffix="%" if row == 0 else "x",
-                )
-            ax.axhline(
-                paper,
-                color="crimson",
-                linestyle="--",
-                linewidth=1.2,
-                label="the paper's claim: 47% lower TTFT, 4.7x throughput",
-            )
-            ax.axhline(0 if row == 0 else 1, color="black", linewidth=0.8)
-            if row == 0:
-                _clip_reduction_axis(ax, sub["ttft_reduction_low"])
-            else:
-                ax.set_ylim(0, max(ax.get_ylim()[1], PAPER_THROUGHPUT_RATIO * 1.15))
-            ax.set_xticks(range(len(shapes)))
-            ax.set_xticklabels([f"in {i}\nout {o}" + (f"\nb{b}" if b != 1 else "") for i, o, b in shapes])
-            ax.set_ylabel(ylabel)
-            ax.set_title(
-                f"{platform}: {'lower TTFT' if row == 0 else 'higher decode throughput'} of encoder-decoder"
-            )
-    fig.suptitle(
-        "Encoder-decoder over decoder-only, measured in the same run (median ratio, 95% bootstrap CI)", y=1.01
-    )
-    fig.tight_layout()
-    _legend_below(fig, axes)
-    return _save(fig, out, "speedup")
+            shapes = _ratio_bars(ax, sub, ["input_len", "output_len", "batch"], colors, panel)
+            ax.set_xticklabels([_shape_tick(*s) for s in shapes])
+            ax.set_title(f"{platform}: {'lower TTFT' if row == 0 else 'higher decode throughput'} of encoder-decoder")
+    fig.suptitle("Encoder-decoder over decoder-only, measured in the same run (median ratio, 95% bootstrap CI)", y=1.01)
+    _legend(fig, axes)
+    return fig
 
 
-def _legend_below(fig, axes) -> None:
-    """One legend under the figure with every distinct entry, so none covers the data."""
-    seen = {}
-    for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            seen.setdefault(label, handle)
-    fig.legend(
-        list(seen.values()),
-        list(seen),
-        loc="upper center",
-        bbox_to_anchor=(0.5, 0.0),
-        ncol=min(len(seen), 3),
-        frameon=False,
-    )
-
-
-def ttft_breakdown(reps: pd.DataFrame, out: Path) -> Path | None:
+@_figure("ttft_breakdown")
+def ttft_breakdown(reps: pd.DataFrame, styles: dict):
     """Where the time goes: encoder, first decoder step (the prefill for decoder-only), and the rest
-    of the generation; medians over repetitions."""
-    if reps.empty:
-        return None
-    plt = _plt()
-    med = reps.groupby(
-        ["platform", "model", "family", "runtime", "precision", "batch", "input_len", "output_len"],
-        as_index=False,
-    )[["encoder_s", "first_step_s", "rest_s", "ttft_s"]].median()
+    of the generation; medians over repetitions, a bar per series and shape."""
+    from matplotlib.figure import Figure
+
+    keys = ["platform", "series", "family", "runtime", "precision", "input_len", "output_len"]
+    med = reps.groupby(keys, as_index=False, dropna=False)[["encoder_s", "first_step_s", "rest_s", "ttft_s"]].median()
     platforms = sorted(med["platform"].unique())
     nbars = med.groupby("platform").size().max()
-    fig, axes = plt.subplots(
-        len(platforms), 2, figsize=(12, 0.9 + 0.42 * nbars * len(platforms) + 0.6), squeeze=False
-    )
+    fig = Figure(figsize=(12, 0.9 + 0.42 * nbars * len(platforms) + 0.6))
+    axes = fig.subplots(len(platforms), 2, squeeze=False)
     parts = (
         ("encoder_s", "encoder", "#8172b3"),
         ("first_step_s", "first decoder step (prefill)", "#55a868"),
@@ -351,13 +354,11 @@ def ttft_breakdown(reps: pd.DataFrame, out: Path) -> Path | None:
     )
     for row, platform in enumerate(platforms):
         sub = med[med["platform"] == platform].sort_values(
-            ["runtime", "input_len", "family"], ascending=[True, True, False]
+            ["input_len", "runtime", "precision", "family", "series"], ascending=[True, True, True, False, True]
         )
-        labels = [f"{r.model} · {r.runtime} · in {r.input_len}/out {r.output_len}" for r in sub.itertuples()]
+        labels = [f"{r.series} · in {r.input_len}/out {r.output_len}" for r in sub.itertuples()]
         y = np.arange(len(sub))
-        for col, (keys, title) in enumerate(
-            ((parts[:2], "time to first token"), (parts, "whole generation"))
-        ):
+        for col, (keys, title) in enumerate(((parts[:2], "time to first token"), (parts, "whole generation"))):
             ax = axes[row][col]
             scale, unit = _time_unit(sub[[k for k, _, _ in keys]].sum(axis=1))
             left = np.zeros(len(sub))
@@ -367,16 +368,12 @@ def ttft_breakdown(reps: pd.DataFrame, out: Path) -> Path | None:
                 left += v
             ax.set_yticks(y)
             ax.set_yticklabels(labels if col == 0 else [""] * len(labels))
-            ax.invert_yaxis()
+            ax.set_ylim(len(sub) - 0.5, -0.5)  # top to bottom, no empty rows
             ax.set_xlabel(f"time ({unit}, median over repetitions)")
             ax.set_title(f"{platform}: {title}")
-    handles, labels = axes[0][1].get_legend_handles_labels()
-    fig.suptitle(
-        "TTFT breakdown: encoder + first decoder step = TTFT; the rest is the remaining tokens", y=1.01
-    )
-    fig.tight_layout()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False)
-    return _save(fig, out, "ttft_breakdown")
+    fig.suptitle("TTFT breakdown: encoder + first decoder step = TTFT; the rest is the remaining tokens", y=1.01)
+    _legend(fig, axes)
+    return fig
 
 
 def _focus_shape(tokens: pd.DataFrame) -> pd.DataFrame:
@@ -389,30 +386,37 @@ def _focus_shape(tokens: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def itl_distribution(tokens: pd.DataFrame, out: Path) -> Path | None:
-    """Empirical CDF of inter-token latency (tokens 2..N, every repetition) per model and runtime."""
-    if tokens.empty:
-        return None
+def _panel_title(sub: pd.DataFrame) -> str:
+    outs = "/".join(map(str, sorted(sub["output_len"].unique())))
+    return f"{sub['platform'].iloc[0]}: input {sub['input_len'].iloc[0]}, {outs} new tokens"
+
+
+@_figure("itl_cdf")
+def itl_distribution(tokens: pd.DataFrame, styles: dict):
+    """Empirical CDF of inter-token latency (tokens 2..N, every repetition) per series; a lone panel's
+    legend also gives each median, several panels share one legend so the label is the series alone."""
     df = _focus_shape(tokens[tokens["position"] >= 2])
     if df.empty:
         return None
-    plt = _plt()
     platforms = sorted(df["platform"].unique())
-    fig, axes = _grid(plt, len(platforms))
+    fig, axes = _grid(len(platforms))
     scale, unit = _time_unit(df["latency_s"])
-    colors = _colors(sorted(df["model"].unique()), dict(zip(df["model"], df["family"], strict=True)))
     for ax, platform in zip(axes.flat, platforms, strict=False):
         sub = df[df["platform"] == platform]
-        for (model, runtime, _precision), s in sub.groupby(["model", "runtime", "precision"]):
+        for series, s in sub.groupby("series", sort=True):
             x = np.sort(s["latency_s"].to_numpy() * scale)
+            color, marker, dash = styles[series]
             ax.step(
                 x,
                 np.arange(1, len(x) + 1) / len(x),
                 where="post",
-                color=colors[model],
-                linestyle=_LINES.get(runtime, "-."),
+                color=color,
+                marker=marker,
+                markevery=max(1, len(x) // 6),
+                markersize=4,
+                linestyle=dash,
                 linewidth=1.6,
-                label=f"{model} · {runtime} (p50 {np.median(x):.3g} {unit})",
+                label=series if len(platforms) > 1 else f"{series} (p50 {np.median(x):.3g} {unit})",
             )
         spread = sub["latency_s"]
         if spread.min() > 0 and spread.max() / spread.min() > 10:  # a long tail: log axis
@@ -420,147 +424,76 @@ def itl_distribution(tokens: pd.DataFrame, out: Path) -> Path | None:
             unit_note = ", log scale"
         else:
             unit_note = ""
+        ax.axhline(0.5, color="gray", linewidth=0.6, linestyle=":")
         ax.set_xlabel(f"inter-token latency ({unit}{unit_note})")
-        ax.set_ylabel("fraction of tokens")
+        ax.set_ylabel("fraction of tokens (0.5 = median)")
         ax.set_ylim(0, 1.02)
-        shape = sub.iloc[0]
-        ax.set_title(f"{platform}: input {shape['input_len']}, {shape['output_len']} new tokens")
-        ax.legend(loc="lower right", frameon=False)
-    for ax in list(axes.flat)[len(platforms) :]:
-        ax.set_visible(False)
+        ax.set_title(_panel_title(sub))
     fig.suptitle("Inter-token latency distribution\n(CDF over every decoded token and repetition)", y=1.04)
-    fig.tight_layout()
-    return _save(fig, out, "itl_cdf")
+    _legend(fig, axes)
+    return fig
 
 
-def token_latency(tokens: pd.DataFrame, out: Path) -> Path | None:
+@_figure("token_latency")
+def token_latency(tokens: pd.DataFrame, styles: dict):
     """Latency of each generated token against its position (median over repetitions, with the
     10-90% band); token 1 is the TTFT and is left out so the decode steps stay readable."""
-    if tokens.empty:
-        return None
     df = _focus_shape(tokens[tokens["position"] >= 2])
     if df.empty:
         return None
-    plt = _plt()
     platforms = sorted(df["platform"].unique())
-    fig, axes = _grid(plt, len(platforms))
+    fig, axes = _grid(len(platforms))
     scale, unit = _time_unit(df.groupby(["row", "position"])["latency_s"].median())
-    colors = _colors(sorted(df["model"].unique()), dict(zip(df["model"], df["family"], strict=True)))
     for ax, platform in zip(axes.flat, platforms, strict=False):
         sub = df[df["platform"] == platform]
-        for (model, runtime, _precision), s in sub.groupby(["model", "runtime", "precision"]):
+        for series, s in sub.groupby("series", sort=True):
             g = s.groupby("position")["latency_s"]
             pos = np.asarray(g.median().index)
-            ax.fill_between(
-                pos,
-                g.quantile(0.1) * scale,
-                g.quantile(0.9) * scale,
-                color=colors[model],
-                alpha=0.2,
-                linewidth=0,
-            )
+            color, marker, dash = styles[series]
+            ax.fill_between(pos, g.quantile(0.1) * scale, g.quantile(0.9) * scale, color=color, alpha=0.2, linewidth=0)
             ax.plot(
                 pos,
                 g.median() * scale,
-                color=colors[model],
-                linestyle=_LINES.get(runtime, "-."),
+                color=color,
+                marker=marker,
+                markevery=max(1, len(pos) // 6),
+                markersize=4,
+                linestyle=dash,
                 linewidth=1.4,
-                label=f"{model} · {runtime}",
+                label=series,
             )
         ax.set_xlabel("generated token position")
         ax.set_ylabel(f"latency of the token ({unit})")
-        shape = sub.iloc[0]
-        ax.set_title(f"{platform}: input {shape['input_len']}, {shape['output_len']} new tokens")
+        ax.set_title(_panel_title(sub))
         ax.set_ylim(bottom=0)
-        ax.legend(loc="best", frameon=False)
-    for ax in list(axes.flat)[len(platforms) :]:
-        ax.set_visible(False)
     fig.suptitle(
-        "Per-token latency vs position\n(median over repetitions, 10-90% band; token 1 = TTFT not shown)",
-        y=1.04,
+        "Per-token latency vs position\n(median over repetitions, 10-90% band; token 1 = TTFT not shown)", y=1.04
     )
-    fig.tight_layout()
-    return _save(fig, out, "token_latency")
+    _legend(fig, axes)
+    return fig
 
 
-def claims(ratios: pd.DataFrame, out: Path) -> Path | None:
-    """Measured TTFT reduction and throughput ratio per platform and runtime, beside the paper's
-    47% and 4.7x."""
-    if ratios.empty:
-        return None
-    plt = _plt()
-    df = ratios.copy()
-    df["where"] = (
-        df["platform"] + "\n" + df["runtime"] + np.where(df["precision"] != "fp32", " " + df["precision"], "")
-    )
-    if df["encoder_decoder"].nunique() > 1:
-        df["where"] = df["where"] + "\n" + df["encoder_decoder"] + " pair"
-    groups = sorted(df["where"].unique())
-    shapes = sorted({(r.input_len, r.output_len) for r in df.itertuples()})
-    width = 0.8 / (len(shapes) + 1)
-    cmap = plt.get_cmap("viridis")
-    fig, axes = plt.subplots(1, 2, figsize=(max(9, 2.2 * len(groups) * 2), 4.6), squeeze=False)
-    panels = (
-        ("ttft_reduction", PAPER_TTFT_REDUCTION_PCT, "TTFT reduction (%)"),
-        ("throughput_ratio", PAPER_THROUGHPUT_RATIO, "decode throughput ratio (x)"),
-    )
-    for ax, (metric, paper, ylabel) in zip(axes[0], panels, strict=True):
-        value_col = "ttft_reduction_pct" if metric == "ttft_reduction" else "throughput_ratio"
-        for k, shape in enumerate(shapes):
-            s = df[(df["input_len"] == shape[0]) & (df["output_len"] == shape[1])]
-            s = s.groupby("where", as_index=False)[[value_col, f"{metric}_low", f"{metric}_high"]].median()
-            x = np.array([groups.index(w) for w in s["where"]]) - 0.4 + width * (k + 0.5)
-            color = cmap(0.15 + 0.7 * k / max(len(shapes) - 1, 1))
-            _bars_with_ci(
-                ax,
-                x,
-                s[value_col].to_numpy(),
-                s[f"{metric}_low"].to_numpy(),
-                s[f"{metric}_high"].to_numpy(),
-                color,
-                f"measured, in {shape[0]} / out {shape[1]}",
-                width,
-                ".0f" if metric == "ttft_reduction" else ".2f",
-                suffix="%" if metric == "ttft_reduction" else "x",
-            )
-        x = np.arange(len(groups)) - 0.4 + width * (len(shapes) + 0.5)
-        unit = "%" if metric == "ttft_reduction" else "x"
-        _bars_with_ci(
-            ax,
-            x,
-            np.full(len(groups), paper),
-            np.full(len(groups), np.nan),
-            np.full(len(groups), np.nan),
-            "white",
-            "the paper's claim (Qualcomm Hexagon NPU)",
-            width,
-            "g",
-            hatch="//",
-            suffix=unit,
-        )
-        ax.axhline(0 if metric == "ttft_reduction" else 1, color="black", linewidth=0.8)
-        if metric == "ttft_reduction":
-            _clip_reduction_axis(ax, df["ttft_reduction_low"])
-        ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels(groups)
-        ax.set_ylabel(ylabel)
+@_figure("claims", _ratio_colors)
+def claims(ratios: pd.DataFrame, colors: dict):
+    """Measured TTFT reduction and throughput ratio beside the paper's 47% and 4.7x: every platform
+    and shape on one axis, a bar per ratio series in the colours of the speedup figure."""
+    from matplotlib.figure import Figure
+
+    keys = ["platform", "input_len", "output_len", "batch"]
+    bars = len(ratios.drop_duplicates(keys)) * ratios.groupby(keys).size().max()
+    fig = Figure(figsize=(max(9.0, 1.5 + 0.35 * bars), 8.0))
+    axes = fig.subplots(2, 1, squeeze=False)
+    for ax, panel in zip(axes[:, 0], _RATIO_PANELS, strict=True):
+        groups = _ratio_bars(ax, ratios, keys, colors, panel)
+        ax.set_xticklabels([f"{p}\n{_shape_tick(i, o, b)}" for p, i, o, b in groups])
         ax.set_title(
             "TTFT reduction of encoder-decoder"
-            if metric == "ttft_reduction"
+            if panel[0] == "ttft_reduction"
             else "Decode throughput, encoder-decoder / decoder-only"
         )
-    handles, labels = axes[0][1].get_legend_handles_labels()
-    fig.suptitle("The paper's claims beside what was measured here (95% bootstrap CIs)", y=1.02)
-    fig.tight_layout()
-    fig.legend(
-        handles,
-        labels,
-        loc="upper center",
-        bbox_to_anchor=(0.5, 0.0),
-        ncol=min(len(labels), 4),
-        frameon=False,
-    )
-    return _save(fig, out, "claims")
+    fig.suptitle("The paper's claims (Qualcomm Hexagon NPU) beside what was measured here (95% bootstrap CIs)", y=1.02)
+    _legend(fig, axes)
+    return fig
 
 
 FIGURES = {
@@ -575,5 +508,12 @@ FIGURES = {
 
 
 def draw_all(data, out: Path) -> dict[str, Path | None]:
-    """Every figure from a slmbench.analysis.ReportData; None for one with nothing to draw."""
-    return {name: fn(getattr(data, frame), Path(out)) for name, (frame, fn) in FIGURES.items()}
+    """Every figure from a slmbench.analysis.ReportData; None for one with nothing to draw. The
+    configuration figures share one style per series, drawn from all three frames that carry them."""
+    cols = ["series", "family", "runtime", "precision"]
+    frames = [f[cols] for f in (data.configs, data.reps, data.tokens) if not f.empty]
+    shared = _styles(pd.concat(frames, ignore_index=True)) if frames else {}
+    return {
+        name: fn(getattr(data, frame), Path(out), None if frame == "ratios" else shared)
+        for name, (frame, fn) in FIGURES.items()
+    }

@@ -22,6 +22,16 @@ from slmbench.sweep import parse_sweep
 from slmbench.sweep_run import completed_keys, run_sweep
 
 COMMITTED = Path(__file__).resolve().parents[1] / "results"
+
+
+def _schema_1_rows(tmp_path) -> Path:
+    """The committed rows written before schema 2 (measured on an Intel Xeon VM), as a file."""
+    lines = [line for line in (COMMITTED / "paper-cpu" / "results.jsonl").read_text().splitlines()
+             if json.loads(line).get("schema") == 1]
+    assert lines, "the committed schema-1 rows are gone"
+    path = tmp_path / "schema1.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 SETTINGS = RunSettings(input_len=32, output_len=8, min_reps=3, min_time_s=0.0)
 
 
@@ -109,8 +119,8 @@ def test_another_machines_rows_never_satisfy_a_resume(tmp_path):
     mine, theirs = _config("mu-tiny"), _config("deconly-tiny")
     append_rows(results, [_row(mine), _row(theirs, env=_elsewhere(cpu="Intel(R) Xeon(R) Platinum 8481C CPU"))])
     assert completed_keys(results) == {mine.key}
-    # The committed rows were measured on another machine (schema 1): none counts as done here.
-    assert completed_keys(COMMITTED / "paper-cpu" / "results.jsonl") == set()
+    # The committed schema-1 rows were measured on another machine: none counts as done here.
+    assert completed_keys(_schema_1_rows(tmp_path)) == set()
 
 
 def test_a_sweep_measures_what_only_another_machine_has_measured(tmp_path, cache_dir):
@@ -143,8 +153,8 @@ def test_every_rss_figure_says_what_it_measures():
     assert all(len(FIELDS[f]) > 30 for f in rss)
 
 
-def test_schema_1_rows_migrate_and_keep_their_own_machine():
-    rows = read_rows([COMMITTED / "paper-cpu" / "results.jsonl"])
+def test_schema_1_rows_migrate_and_keep_their_own_machine(tmp_path):
+    rows = read_rows([_schema_1_rows(tmp_path)])
     assert rows and {r["schema"] for r in rows} == {SCHEMA}
     assert {r["machine"]["name"] for r in rows} == {machine_identity(rows[0]["environment"])["name"]}
     assert "xeon" in rows[0]["machine"]["name"] and rows[0]["machine"] != this_machine()

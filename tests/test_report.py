@@ -143,7 +143,8 @@ def test_prefill_rate_is_fitted_from_ttft_against_input_length():
     from slmbench.report import prefill_rate_rows
 
     # TTFT = 0.2 s + input / 400 tok/s, measured at three lengths
-    configs = pd.DataFrame({"model": "m", "series": "m", "runtime": "onnxruntime", "platform": "cpu", "precision": "fp32",
+    configs = pd.DataFrame({"model": "m", "series": "m", "runtime": "onnxruntime", "platform": "cpu",
+                            "precision": "fp32",
                             "batch": 1, "input_len": [256, 512, 1024],
                             "ttft_s_median": [0.2 + n / 400 for n in (256, 512, 1024)]})
     empty = pd.DataFrame()
