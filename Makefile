@@ -25,25 +25,21 @@ run: install  ## CPU benchmark of the paper's pair (mu-330m vs deconly-330m), ex
 test: install  ## the test suite (CPU, tiny models, a few minutes)
 	$(BIN)/python -m pytest -q
 
-# The CI regression gate (DESIGN.md section 3): the tiny pair measured interleaved (sweep file beside the
-# baseline) plus harness overhead, compared with the committed baseline on the same-run ratios, which
-# hold across machines; absolute times are shown as context when the environment matches. About 20 s.
-REGRESS_SWEEP    ?= results/baselines/regress.toml
-REGRESS_BASELINE ?= results/baselines/regress.jsonl
-REGRESS_OUT      ?= $(or $(TMPDIR),/tmp)/slmbench-regress
+# The CI regression gate: the base revision (default the parent commit) and the working tree measured
+# side by side on this machine, alternating process by process (`slmbench compare --base-rev`, bench/ab.py):
+# the tiny pair of results/baselines/regress.toml plus harness overhead. A stored baseline from another CPU
+# cannot work (README, "The regression gate"); this machine's own (results/baselines/<machine>.jsonl) is
+# only the fallback of a shallow clone. About a minute and a half here.
+REGRESS_BASE     ?= HEAD~1
+REGRESS_ROUNDS   ?= 3
 # TTFT ratios get 1.25: on tiny models a TTFT is a few ms, the size of a lost time slice (see regress.toml).
-REGRESS_FLAGS    ?= --gate same-run --allow-env-mismatch --threshold ed_do_ttft=1.25 --threshold overhead_ttft=1.25
-regress_measure = rm -f $(1) && $(BIN)/slmbench sweep $(REGRESS_SWEEP) --results $(1) && \
-	$(BIN)/slmbench overhead -m mu-tiny -m deconly-tiny --threads 1 --input-len 64 --output-len 16 \
-		--min-reps 20 --min-time 1 --results $(1)
+REGRESS_FLAGS    ?= --gate same-run --threshold ed_do_ttft=1.25 --threshold overhead_ttft=1.25
 
-regress: install  ## CI gate: measure the tiny set, compare with results/baselines/regress.jsonl, fail on a regression
-	$(call regress_measure,$(REGRESS_OUT)/candidate.jsonl)
-	$(BIN)/slmbench compare $(REGRESS_BASELINE) $(REGRESS_OUT)/candidate.jsonl $(REGRESS_FLAGS) --fail-on-regression
+regress: install  ## CI gate: REGRESS_BASE (default HEAD~1) measured beside the working tree; fail on a regression
+	$(BIN)/slmbench compare --base-rev $(REGRESS_BASE) --rounds $(REGRESS_ROUNDS) $(REGRESS_FLAGS) --fail-on-regression
 
-regress-baseline: install  ## re-record the gate's baseline on this machine (then commit results/baselines/)
-	$(call regress_measure,$(REGRESS_BASELINE).new)
-	mv $(REGRESS_BASELINE).new $(REGRESS_BASELINE)
+regress-baseline: install  ## record this machine's fallback baseline, results/baselines/<machine>.jsonl (then commit it)
+	$(BIN)/slmbench compare --record-baseline
 
 # Sweeps (bench/sweeps/*.toml): each configuration in its own process; rerunning resumes, absent
 # devices are reported once and skipped. Each paper sweep writes results/<sweep>/results.jsonl and

@@ -349,9 +349,22 @@ def report(results_paths, out, title):
                f"{built.figures_dir}")
 
 
+GATE_SWEEP = Path("results/baselines/regress.toml")
+
+
 @cli.command()
-@click.argument("baseline", type=click.Path(path_type=Path))
-@click.argument("candidate", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path), metavar="[BASELINE CANDIDATE]")
+@click.option("--base-rev", default=None, metavar="REV",
+              help="Measure revision REV (a git worktree, run from its source) beside the working tree, "
+                   "alternating, in this one job, and compare the two: the gate that holds on any machine.")
+@click.option("--rounds", type=int, default=3, show_default=True,
+              help="With --base-rev: processes per side, alternating (base first in odd rounds).")
+@click.option("--sweep", "sweep_file", type=click.Path(path_type=Path), default=GATE_SWEEP, show_default=True,
+              help="With --base-rev or --record-baseline: the sweep file measured (plus the tiny pair's "
+                   "harness overhead).")
+@click.option("--record-baseline", is_flag=True,
+              help="Measure the working tree into results/baselines/<machine>.jsonl: the fallback of "
+                   "--base-rev where the base revision is not in the clone (shallow).")
 @click.option("--threshold", "thresholds", multiple=True, metavar="METRIC=RATIO",
               help="Minimum effect for a verdict, per metric (default 1.10 each); repeatable. Metrics: "
                    "ttft_s, tpot_s, decode_tps, e2e_s, encoder_s, ed_do_ttft, ed_do_decode_tps, "
@@ -360,32 +373,70 @@ def report(results_paths, out, title):
               help="Mann-Whitney U significance level.")
 @click.option("--gate", type=click.Choice(["all", "same-run"]), default="all", show_default=True,
               help="Which verdicts --fail-on-regression acts on: every metric, or only the same-run ratios "
-                   "(enc-dec/dec-only, harness/bare) that hold across machines.")
+                   "(enc-dec/dec-only, harness/bare).")
 @click.option("--fail-on-regression", is_flag=True, help="Exit 1 on a regression, a failed configuration, or "
                                                          "when the gate could not decide anything.")
 @click.option("--allow-env-mismatch", is_flag=True,
-              help="Compare across different hardware or package versions (then only the same-run ratios "
-                   "are compared).")
-def compare(baseline, candidate, thresholds, alpha, gate, fail_on_regression, allow_env_mismatch):
-    """Compare two result files or folders: per configuration and metric, ratio, Mann-Whitney U p
+              help="Compare rows of two machines (then only the same-run ratios are compared).")
+@_cache_option
+def compare(paths, base_rev, rounds, sweep_file, record_baseline, thresholds, alpha, gate, fail_on_regression,
+            allow_env_mismatch, cache_dir):
+    """Compare a baseline with a candidate: per configuration and metric, ratio, Mann-Whitney U p
     and a verdict that needs both p < alpha and a ratio beyond the metric's threshold.
+
+    Either two result files or folders, or --base-rev REV: REV and the working tree measured
+    side by side on this machine now (what `make regress` and CI do).
 
     \b
     Examples:
-      slmbench compare results/baselines/regress.jsonl new.jsonl
-      slmbench compare old/ new/ --threshold ttft_s=1.2 --fail-on-regression
-      slmbench compare base.jsonl cand.jsonl --gate same-run --allow-env-mismatch --fail-on-regression
+      slmbench compare --base-rev HEAD~1 --fail-on-regression      # the CI gate
+      slmbench compare --base-rev main --rounds 5                  # this branch against main
+      slmbench compare old.jsonl new.jsonl --threshold ttft_s=1.2 --fail-on-regression
+      slmbench compare base.jsonl cand.jsonl --gate same-run --allow-env-mismatch
     """
     from slmbench.compare import compare as run_compare
+    from slmbench.compare import compare_rows
+    from slmbench.errors import InvalidOption
+
+    console = _console()
+    if record_baseline or base_rev:
+        from slmbench import ab
+
+        if paths:
+            raise InvalidOption("give either BASELINE CANDIDATE or --base-rev / --record-baseline, not both")
+        if not Path(sweep_file).is_file():
+            raise InvalidOption(f"no sweep file {sweep_file}: run from the repository root or give --sweep")
+        commands = ab.gate_commands(sweep_file)
+        stored = ab.machine_baseline(Path(sweep_file).parent)
+        if record_baseline:
+            console.print(f"baseline recorded: {ab.record_baseline(stored, commands, cache_dir)}")
+            return
+        try:
+            base, candidate, info = ab.gate_rows(base_rev, commands, rounds, stored, cache_dir,
+                                                 log=lambda m: console.log(m))
+        except ab.NothingGated as exc:
+            click.echo(f"gate: NOTHING GATED: {exc}", err=True)
+            sys.exit(1 if fail_on_regression else 0)
+        title = f"{info['base']} -> {info['candidate']} on {info.get('machine', 'this machine')}, " \
+                f"{info['rounds']} rounds a side"
+        report = compare_rows(base, candidate, thresholds=thresholds, alpha=alpha,
+                              allow_env_mismatch=allow_env_mismatch)
+    else:
+        if len(paths) != 2:
+            raise InvalidOption("give BASELINE and CANDIDATE (result files or folders), or --base-rev REV")
+        baseline, candidate_path = paths
+        title = f"{baseline} -> {candidate_path}"
+        report = run_compare(baseline, candidate_path, thresholds=thresholds, alpha=alpha,
+                             allow_env_mismatch=allow_env_mismatch)
+    _print_verdict(console, report, gate, title, fail_on_regression)
+
+
+def _print_verdict(console, report, gate: str, title: str, fail_on_regression: bool) -> None:
     from slmbench.compare import comparison_table, context_line
 
-    report = run_compare(baseline, candidate, thresholds=thresholds, alpha=alpha,
-                         allow_env_mismatch=allow_env_mismatch)
-    console = _console()
     if report.env_differences:
         console.print("[yellow]measured on another machine than the baseline; only same-run ratios are compared:"
                       "[/yellow] " + "; ".join(report.env_differences))
-    title = f"{baseline} -> {candidate}"
     console.print(comparison_table(report, gate, title=title, gated_only=gate != "all"))
     if gate != "all" and (context := context_line(report, gate)):
         console.print(context)

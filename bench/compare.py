@@ -17,8 +17,8 @@ Two kinds of metric:
   far less than the mean (TPOT): measured here under load, the decode ratio drifted 25% between
   runs from TPOT and about 10% from the median ITL.
 
-Configurations are matched by `key`; when a side holds several rows with one key (or one pair),
-the last one read wins.
+Configurations are matched by `key`; when a side holds several ok rows with one key (or one pair),
+their repetitions are pooled: an A/B run (slmbench.ab) measures each side in several processes.
 """
 
 from __future__ import annotations
@@ -203,6 +203,13 @@ class Samples:
     failed: dict[str, str] = field(default_factory=dict)  # config key -> error
     ok_keys: set[str] = field(default_factory=set)
 
+    def add(self, series: tuple[str, str], values: list[float], environment: dict) -> None:
+        """Pool repetitions of one configuration and metric (rows of several processes)."""
+        if series in self.series:
+            self.series[series].values.extend(values)
+        else:
+            self.series[series] = Series(list(values), environment)
+
 
 def collect(rows: Iterable[dict]) -> Samples:
     """Every metric series the rows allow: absolute per key, same-run ratios per same-run pair
@@ -224,7 +231,7 @@ def collect(rows: Iterable[dict]) -> Samples:
         for metric in ABSOLUTE:
             values = [r[metric] for r in reps[id(row)] if r.get(metric) is not None]
             if values:
-                out.series[(key, metric)] = Series(values, row.get("environment") or {})
+                out.add((key, metric), values, row.get("environment") or {})
         if row.get("group") and row.get("loop"):
             groups[row["group"]].append(row)
     for pair in same_run_pairs(rows):
@@ -233,7 +240,7 @@ def collect(rows: Iterable[dict]) -> Samples:
         for metric, values in (("ed_do_ttft", _paired_ratios(a, b, "ttft_s")),
                                ("ed_do_decode_tps", _paired_ratios(b, a, "step_s"))):
             if values:
-                out.series[(pair.label, metric)] = Series(values, pair.ed.get("environment") or {})
+                out.add((pair.label, metric), values, pair.ed.get("environment") or {})
     for group in groups.values():
         harness = {r.get("overhead_of"): r for r in group if r.get("loop") == "harness"}
         for bare in (r for r in group if r.get("loop") == "bare"):
@@ -243,7 +250,7 @@ def collect(rows: Iterable[dict]) -> Samples:
             for metric, base in (("overhead_ttft", "ttft_s"), ("overhead_step", "step_s")):
                 values = _paired_ratios(reps[id(h)], reps[id(bare)], base)
                 if values:
-                    out.series[(bare["overhead_of"], metric)] = Series(values, h.get("environment") or {})
+                    out.add((bare["overhead_of"], metric), values, h.get("environment") or {})
     return out
 
 
