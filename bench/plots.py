@@ -356,7 +356,9 @@ def ttft_breakdown(reps: pd.DataFrame, styles: dict):
         sub = med[med["platform"] == platform].sort_values(
             ["input_len", "runtime", "precision", "family", "series"], ascending=[True, True, True, False, True]
         )
-        labels = [f"{r.series} · in {r.input_len}/out {r.output_len}" for r in sub.itertuples()]
+        # the series names the output length where it varies
+        labels = [f"{r.series} · in {r.input_len}" + ("" if f"out {r.output_len}" in r.series
+                                                      else f"/out {r.output_len}") for r in sub.itertuples()]
         y = np.arange(len(sub))
         for col, (keys, title) in enumerate(((parts[:2], "time to first token"), (parts, "whole generation"))):
             ax = axes[row][col]
@@ -481,11 +483,12 @@ def claims(ratios: pd.DataFrame, colors: dict):
 
     keys = ["platform", "input_len", "output_len", "batch"]
     bars = len(ratios.drop_duplicates(keys)) * ratios.groupby(keys).size().max()
-    fig = Figure(figsize=(max(9.0, 1.5 + 0.35 * bars), 8.0))
+    fig = Figure(figsize=(max(9.0, 1.5 + 0.45 * bars), 8.6))
     axes = fig.subplots(2, 1, squeeze=False)
     for ax, panel in zip(axes[:, 0], _RATIO_PANELS, strict=True):
         groups = _ratio_bars(ax, ratios, keys, colors, panel)
-        ax.set_xticklabels([f"{p}\n{_shape_tick(i, o, b)}" for p, i, o, b in groups])
+        # "cpu @ machine" on two lines: a machine name is wider than the group under it
+        ax.set_xticklabels([f"{p.replace(' @ ', chr(10) + '@ ')}\n{_shape_tick(i, o, b)}" for p, i, o, b in groups])
         ax.set_title(
             "TTFT reduction of encoder-decoder"
             if panel[0] == "ttft_reduction"
