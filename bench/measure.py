@@ -16,7 +16,7 @@ import numpy as np
 
 from slmbench.config import RunSettings
 from slmbench.metrics import ROW_METRICS, repetition_metrics
-from slmbench.stats import bootstrap_median_ci, is_noisy, summarize
+from slmbench.stats import is_noisy, median_ci, summarize
 
 
 @dataclass
@@ -125,14 +125,16 @@ def measure(groups: list[list[Subject]], settings: RunSettings, run, progress=No
 
 
 def ci_is_tight(reps: list[Repetition], target: float) -> bool:
-    """Whether the bootstrap 95% CI of the median TTFT and TPOT lies within +-target of it."""
+    """Whether the order-statistic 95% CI of the median TTFT and TPOT lies within +-target of it.
+    Not before 6 repetitions: below that no distribution-free 95% CI of a median exists (a bootstrap
+    of 3 values gives about [min, max] and stopped runs after 3)."""
     for metric in ("ttft_s", "tpot_s"):
         values = np.array([v for r in reps if (v := r.metrics(1)[metric]) is not None])
-        if values.size < 2:
+        interval = median_ci(values)
+        if interval is None:
             return False
         median = float(np.median(values))
-        low, high = bootstrap_median_ci(values)
-        if max(median - low, high - median) > target * median:
+        if max(median - interval[0], interval[1] - median) > target * median:
             return False
     return True
 

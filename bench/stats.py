@@ -45,6 +45,21 @@ def ratio_ci(a, b, level: float = 0.95, seed: int = 0) -> tuple[float, float, fl
     return (point, *_interval(resampled_medians(a, rng) / resampled_medians(b, rng), level))
 
 
+def median_ci(values, level: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free CI of the median from order statistics: [x_(j), x_(n+1-j)] with the
+    largest j whose binomial coverage 1 - 2 P(Bin(n, 1/2) <= j - 1) is at least `level`. None where
+    no such interval exists: below 6 values at 95%, even [min, max] covers only 1 - 2/2^n."""
+    from scipy.stats import binom
+
+    x = np.sort(_finite(values))
+    j = np.arange(1, x.size // 2 + 1)
+    covered = j[1 - 2 * binom.cdf(j - 1, x.size, 0.5) >= level]
+    if not covered.size:
+        return None
+    best = int(covered.max())
+    return float(x[best - 1]), float(x[x.size - best])
+
+
 def summarize(values) -> dict | None:
     """Summary of one metric's samples; None when there are none (never a fake zero)."""
     x = _finite(values)

@@ -152,3 +152,18 @@ def test_prefill_rate_is_fitted_from_ttft_against_input_length():
     row = prefill_rate_rows(data).iloc[0]
     assert row["prefill tok/s"] == "400" and row["fixed"] == "+200 ms" and row["R²"] == "1.000"
     assert prefill_rate_rows(ReportData(configs.iloc[:2], empty, empty, empty, empty, empty, [], [])).empty
+
+
+def test_a_fraction_above_the_ceiling_is_never_printed_without_saying_why():
+    import pandas as pd
+
+    from slmbench.analysis import ReportData
+    from slmbench.report import roofline_rows
+
+    roof = {"bytes_per_token": 1.35e9, "read_bandwidth_bytes_per_s": 26.5e9, "ceiling_tokens_per_s": 19.7}
+    rows = [{"model": "m", "runtime": "onnxruntime", "precision": "fp32", "input_len": 512, "output_len": 128,
+             "roofline": {**roof, "fraction_of_ceiling": f}} for f in (0.81, 1.96)]
+    empty = pd.DataFrame()
+    data = ReportData(pd.DataFrame({"platform": ["cpu", "cpu"]}), empty, empty, empty, empty, empty, rows, [])
+    shown = list(roofline_rows(data)["of ceiling"])
+    assert shown[0] == "81%" and shown[1].startswith("196% (above the ceiling") and "no bound" in shown[1]

@@ -123,11 +123,12 @@ def test_runtimes_side_by_side_in_one_interleaved_run(tmp_path, cache_dir):
 
 
 def test_run_length_from_ci_width(cache_dir):
-    """--target-ci: a loose target stops at min_reps, an unreachable one runs to max_reps."""
+    """--target-ci: a loose target stops as soon as a 95% CI of the median exists (6 repetitions, not
+    min_reps 3), an unreachable one runs to max_reps."""
     from slmbench.errors import InvalidOption
 
     spec = resolve_model("deconly-tiny")
-    for target, expected in ((0.99, 3), (1e-9, 8)):
+    for target, expected in ((0.99, 6), (1e-9, 8)):
         settings = RunSettings(input_len=8, output_len=4, warmup=0, min_reps=3, max_reps=8, min_time_s=0.0,
                                target_ci=target)
         row = run_benchmark(plan([spec.name], "cpu", ["onnxruntime"], settings=settings, threads=1),

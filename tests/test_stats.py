@@ -26,3 +26,29 @@ def test_bootstrap_ci_narrows_with_more_samples():
 def test_noise_flag():
     assert is_noisy(summarize([1.0, 1.5, 0.5, 1.2]))
     assert not is_noisy(summarize([1.0, 1.01, 0.99, 1.0]))
+
+
+def test_median_ci_exists_from_six_values_and_covers_the_median():
+    from slmbench.stats import median_ci
+
+    assert median_ci([1.0, 2.0, 3.0, 4.0, 5.0]) is None  # [min, max] of 5 covers only 93.75%
+    assert median_ci([3.0, 1.0, 2.0, 6.0, 5.0, 4.0]) == (1.0, 6.0)
+    rng = np.random.default_rng(1)
+    true_median = np.log(2)  # exponential(1): skewed, so a symmetric interval would not do
+    for n in (6, 9, 20, 61):
+        hits = [lo <= true_median <= hi for lo, hi in (median_ci(rng.exponential(1, n)) for _ in range(3000))]
+        assert 0.95 <= np.mean(hits) <= 0.995, n
+
+
+def test_default_threads_stay_within_the_affinity_mask():
+    import os
+
+    from slmbench.runners.base import default_threads
+
+    allowed = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(allowed)})  # what `taskset -c 0` does
+        assert default_threads() == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert default_threads() == min(len(allowed), default_threads())

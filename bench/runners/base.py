@@ -16,10 +16,17 @@ import numpy as np
 
 
 def default_threads() -> int:
-    """Runtime threads when the user gives none: the physical cores (hyper-threads slow GEMMs)."""
+    """Runtime threads when the user gives none: the physical cores (hyper-threads slow GEMMs), no
+    more than the CPUs this process may run on (`taskset -c 0` means one thread, not two)."""
+    import os
+
     import psutil
 
-    return psutil.cpu_count(logical=False) or 1
+    physical = psutil.cpu_count(logical=False) or 1
+    try:
+        return max(1, min(physical, len(os.sched_getaffinity(0))))
+    except AttributeError:  # no affinity masks on this OS
+        return physical
 
 
 @dataclass(frozen=True)
