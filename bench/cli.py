@@ -184,7 +184,8 @@ def _openvino_options(device, runtimes, mode, kv_precision, cache_dir) -> dict |
 @click.option("--input-len", "-i", type=int, default=512, show_default=True, help="Prompt tokens.")
 @click.option("--output-len", "-o", type=int, default=128, show_default=True, help="Generated tokens (EOS ignored).")
 @click.option("--batch", "-b", type=int, default=1, show_default=True)
-@click.option("--threads", "-t", type=int, default=None, help="Runtime threads (default: physical cores within the CPU affinity mask).")
+@click.option("--threads", "-t", type=int, default=None,
+              help="Runtime threads (default: physical cores within the CPU affinity mask).")
 @click.option("--warmup", type=int, default=1, show_default=True, help="Warm-up generations per model.")
 @click.option("--min-reps", type=int, default=5, show_default=True, help="Minimum measured repetitions.")
 @click.option("--min-time", type=float, default=10.0, show_default=True, help="Minimum measured seconds per model.")
@@ -462,7 +463,8 @@ def _print_verdict(console, report, gate: str, title: str, fail_on_regression: b
 @click.option("--precision", "-p", default="fp32", show_default=True)
 @click.option("--input-len", "-i", type=int, default=64, show_default=True)
 @click.option("--output-len", "-o", type=int, default=16, show_default=True)
-@click.option("--threads", "-t", type=int, default=None, help="Runtime threads (default: physical cores within the CPU affinity mask).")
+@click.option("--threads", "-t", type=int, default=None,
+              help="Runtime threads (default: physical cores within the CPU affinity mask).")
 @click.option("--warmup", type=int, default=2, show_default=True)
 @click.option("--min-reps", type=int, default=20, show_default=True, help="Minimum repetitions of each loop.")
 @click.option("--min-time", type=float, default=1.0, show_default=True,
