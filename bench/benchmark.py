@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmbench.config import RunConfig, check_one_run
+from slmbench.contention import MachineBusy, wait_until_quiet
+from slmbench.contention import warning as contention_warning
 from slmbench.environment import environment
 from slmbench.errors import DeviceUnavailable
 from slmbench.exporters.precision import row_fields as precision_fields
@@ -89,7 +91,7 @@ def result_row(config: RunConfig, subject: Subject, loaded: Loaded, group: str, 
         tokens_generated=subject.reps[0].tokens,
         repetitions=[{"timestamps_ns": r.timestamps_ns, "encoder_end_ns": r.encoder_end_ns} for r in subject.reps],
         cold={"timestamps_ns": subject.cold.timestamps_ns, "encoder_end_ns": subject.cold.encoder_end_ns},
-        warmup_count=len(subject.warmups), warnings=warnings,
+        warmup_count=len(subject.warmups), warnings=warnings, contention=subject.contention.summary(),
         artifact={"key": artifact.key, "path": str(artifact.path) if artifact.path else None,
                   "format": artifact.manifest["format"], "spec_hash": artifact.manifest["spec_hash"],
                   "reused": loaded.reused, "export_seconds": artifact.manifest.get("export_seconds"),
@@ -110,9 +112,10 @@ def _labels(configs: Sequence[RunConfig]) -> list[str]:
 
 
 def run_benchmark(configs: Sequence[RunConfig], results: Path | str | None = None, cache_dir=None, log=print,
-                  progress=None, specs: Sequence[ModelSpec] | None = None) -> list[dict]:
+                  progress=None, specs: Sequence[ModelSpec] | None = None, require_quiet: bool = False) -> list[dict]:
     """Measure every configuration, all interleaved repetition by repetition in this one run; one
-    row each. `specs` (one per config) skips resolving the models by name."""
+    row each. `specs` (one per config) skips resolving the models by name. `require_quiet` waits
+    (bounded) for a quiet machine before measuring and records nothing when the run competed."""
     configs = list(configs)
     check_one_run(configs)
     specs = list(specs) if specs is not None else [resolve_model(c.model) for c in configs]
@@ -130,6 +133,8 @@ def run_benchmark(configs: Sequence[RunConfig], results: Path | str | None = Non
     inputs = {s.label: make_inputs(settings, item.spec.config.vocab_size) for s, item in zip(subjects, loaded,
                                                                                              strict=True)}
     gc.collect()
+    if require_quiet:
+        wait_until_quiet(log=log)
     load_peak = peak_rss()  # import, export and load included
     reset_peak_rss()  # from here the high-water mark covers the generations only
     log(f"measuring {', '.join(s.label for s in subjects)}: batch {settings.batch}, input {settings.input_len}, "
@@ -141,6 +146,9 @@ def run_benchmark(configs: Sequence[RunConfig], results: Path | str | None = Non
         for subject in subjects:
             subject.runner.close()
     peak = peak_rss()
+    busy = [f"{s.label}: {w}" for s in subjects if (w := contention_warning(s.contention.summary()))]
+    if require_quiet and busy:
+        raise MachineBusy("--require-quiet: nothing recorded, the run " + "; ".join(busy))
     env = environment()
     rows = []
     for subject, item in zip(subjects, loaded, strict=True):

@@ -195,11 +195,14 @@ def _openvino_options(device, runtimes, mode, kv_precision, cache_dir) -> dict |
                    "up to --max-reps; never before 6 repetitions.")
 @click.option("--results", type=click.Path(path_type=Path), default=Path("results/results.jsonl"),
               show_default=True, help="JSON Lines file the rows are appended to.")
+@click.option("--require-quiet", is_flag=True,
+              help="Wait (up to 60 s) for other processes to leave the CPUs before measuring, and record nothing "
+                   "if the run competed for them all the same.")
 @_cache_option
 @_trust_option
 @_openvino_run_options
 def run(model_names, device, runtimes, precision, input_len, output_len, batch, threads, warmup, min_reps,
-        min_time, max_reps, target_ci, results, cache_dir, ov_mode, kv_cache_precision, ov_cache_dir):
+        min_time, max_reps, target_ci, require_quiet, results, cache_dir, ov_mode, kv_cache_precision, ov_cache_dir):
     """Measure TTFT and throughput; compare encoder-decoder with decoder-only in one interleaved run.
 
     \b
@@ -238,7 +241,7 @@ def run(model_names, device, runtimes, precision, input_len, output_len, batch, 
             bar.update(tasks[label], completed=done, total=max(done, settings.min_reps))
 
         rows = run_benchmark(configs, cache_dir=cache_dir, log=lambda msg: console.log(msg), progress=progress,
-                             specs=specs)
+                             specs=specs, require_quiet=require_quiet)
     console.print(summary_table(rows))
     ratios = pair_ratios(rows)
     if ratios:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from slmbench.config import RunSettings
+from slmbench.contention import Snapshot, Tally
+from slmbench.contention import warning as contention_warning
 from slmbench.metrics import ROW_METRICS, repetition_metrics
 from slmbench.stats import is_noisy, median_ci, summarize
 
@@ -75,6 +77,7 @@ class Subject:
     warmups: list[Repetition] = field(default_factory=list)
     reps: list[Repetition] = field(default_factory=list)
     tokens: np.ndarray | None = None
+    contention: Tally = field(default_factory=Tally)  # what others took of the CPU during the reps
 
     @property
     def measured_s(self) -> float:
@@ -119,7 +122,9 @@ def measure(groups: list[list[Subject]], settings: RunSettings, run, progress=No
             for i in rng.permutation(len(groups[g])):
                 s = groups[g][i]
                 if pending(s):
+                    before = Snapshot.now()  # outside generate's t_0..t_N: a few syscalls
                     s.reps.append(run(s)[0])
+                    s.contention.add(before, Snapshot.now())
                     if progress:
                         progress(s.label, len(s.reps))
 
@@ -150,4 +155,6 @@ def summarize_subject(subject: Subject, batch: int) -> tuple[dict, list[str]]:
             m = metrics[name]
             warnings.append(f"{name} is noisy: stdev {m['stdev']:.3g}s is {100 * m['stdev'] / m['mean']:.0f}% "
                             f"of the mean over {m['count']} repetitions")
+    if busy := contention_warning(subject.contention.summary()):
+        warnings.append(busy)
     return metrics, warnings

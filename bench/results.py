@@ -34,6 +34,9 @@ def check_writable(path: Path | str) -> Path:
     path = Path(path)
     if path.exists():
         ok, why = (os.access(path, os.W_OK) and path.is_file()), "not a writable file"
+        if ok and path.stat().st_size and not _looks_like_rows(path):
+            raise ResultsError(f"{path} is not a results file (JSON Lines of result rows); appending to it would "
+                               "mix rows into another file: choose another --results path")
     else:  # a file made and removed at once in the nearest existing folder (root ignores permissions)
         parent = next((p for p in path.parents if p.exists()), Path("."))
         try:
@@ -44,6 +47,16 @@ def check_writable(path: Path | str) -> Path:
     if not ok:
         raise ResultsError(f"cannot write results to {path}: {why}; choose another --results path")
     return path
+
+
+def _looks_like_rows(path: Path) -> bool:
+    """Whether the file's first line is a JSON object (a row), read without loading the file."""
+    with open(path, "rb") as f:
+        first = f.readline(1 << 20)
+    try:
+        return from_json(first) is not None
+    except ValueError:
+        return False
 
 
 def append_rows(path: Path | str, rows: list[dict]) -> None:
@@ -115,6 +128,9 @@ def read_rows(paths: Iterable[Path | str]) -> list[dict]:
                 except ValueError:  # JSON and Unicode decoding errors are ValueErrors
                     warnings.warn(f"{file}:{number}: skipped an unreadable (torn) row", stacklevel=2)
                     continue
+                if row is None and raw.lstrip().startswith(b"["):
+                    raise ResultsError(f"{file}:{number} is a JSON array; results are JSON Lines, one row (a JSON "
+                                       "object) per line")
                 if row is not None:
                     row.setdefault("_source", str(file))
                     rows.append(row)

@@ -58,7 +58,9 @@ FIELDS: dict[str, str] = {
     "tokens_generated": "tokens produced per generation",
     "repetitions": "raw timestamps of every warm repetition: timestamps_ns (t_i - t_0), encoder_end_ns",
     "cold": "raw timestamps of the cold generation", "warmup_count": "warm-up generations, not measured",
-    "warnings": "what a reader must see (noisy metrics)",
+    "warnings": "what a reader must see (noisy metrics, a run that competed for the CPU)",
+    "contention": "over the warm repetitions: wall, own and others' CPU seconds, steal, involuntary switches, "
+                  "others' and steal fractions of the allowed CPUs' time (slmbench.contention)",
     "artifact": "the artifact measured: key, path, format, spec hash, opset, parity, weight bytes",
     "environment": "host, CPU, cores, memory, kernel, huge pages, Python, packages, slmbench commit",
     "compared_with": "labels of the other rows of this run",

@@ -29,7 +29,7 @@ from slmbench.environment import machine_of, this_machine
 from slmbench.results import append_rows, check_writable, read_rows
 from slmbench.rows import failed_row
 from slmbench.sweep import Configuration, Sweep
-from slmbench.worker import INJECT_ENV
+from slmbench.worker import INJECT_ENV, OOM_WORDS
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -182,20 +182,12 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
-_OOM_WORDS = (
-    "bad_alloc",
-    "memoryerror",
-    "out of memory",
-    "memory allocation",
-    "cannot allocate memory",
-    "failed to allocate",
-)
 
 
 def _memory_exhausted(config: Configuration, child: _Child) -> str:
     """Why this looks like running out of memory, or empty: the runtime said so, or the process had
     reached 90% of its address-space limit when it died."""
-    said = next((t for t in child.foreign if any(w in t.lower() for w in _OOM_WORDS)), "")
+    said = next((t for t in child.foreign if any(w in t.lower() for w in OOM_WORDS)), "")
     if said:
         return f"the runtime said: {said[:200]}"
     limit = config.memory_limit_gb
@@ -282,7 +274,8 @@ def run_configuration(
     """Measure one configuration in a child process. Returns (rows, None) or (failed rows, error)."""
     out = workdir / f"config-{index}.out.json"
     job_path = workdir / f"config-{index}.job.json"
-    job = {**config.to_job(), "out": str(out), "cache_dir": str(cache_dir) if cache_dir else None}
+    job = {**config.to_job(), "out": str(out), "cache_dir": str(cache_dir) if cache_dir else None,
+           "parent": os.getpid()}
     job_path.write_text(json.dumps(job))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if inject:

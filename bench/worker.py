@@ -70,11 +70,15 @@ def inject(kind: str, memory_limited: bool) -> None:
         raise RuntimeError("injected error")
 
 
+# What running out of memory says, in the words of Python, C++ runtimes and the dynamic loader (a
+# shared library that cannot be mapped under the address-space limit: "failed to map segment").
+OOM_WORDS = ("bad_alloc", "bad allocation", "memoryerror", "out of memory", "memory allocation",
+             "cannot allocate memory", "failed to allocate", "failed to map segment")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     text = str(exc).lower()
-    return isinstance(exc, MemoryError) or any(
-        s in text for s in ("bad_alloc", "bad allocation", "failed to allocate", "out of memory")
-    )
+    return isinstance(exc, MemoryError) or any(s in text for s in OOM_WORDS)
 
 
 def run_job(job: dict) -> list[dict]:
@@ -102,8 +106,24 @@ def write_outcome(out: Path, outcome: dict) -> None:
     os.replace(tmp, out)
 
 
+def die_with_parent(parent: int | None) -> None:
+    """Linux: SIGKILL this process when the sweep that started it (pid `parent`) dies, even by
+    SIGKILL (seen: a hanging worker still running 22 minutes after its sweep was killed)."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent and os.getppid() != parent:  # the parent died before the call took effect
+        os._exit(EXIT_FAILED)
+
+
 def main(argv: list[str]) -> int:
     job = json.loads(Path(argv[1]).read_text())
+    die_with_parent(job.get("parent"))
     out = Path(job["out"])
     set_memory_limit(job.get("memory_limit_gb"))
     try:

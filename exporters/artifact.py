@@ -50,14 +50,16 @@ VERIFIED = ".verified.json"
 
 
 def _stat_key(file: Path) -> list[int]:
+    """What any write moves: the change time too, which `touch -d` cannot set back."""
     st = file.stat()
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def _verify(path: Path, files: dict[str, dict]) -> None:
-    """Sizes always; SHA-256 digests unless the files are untouched (same size, mtime and inode)
-    since they were last hashed, so a cache hit on a 1.5 GB graph costs milliseconds, not seconds,
-    while any write to a file (which moves its mtime) forces a full re-hash."""
+    """Sizes always; SHA-256 digests unless the files are untouched (same size, mtime, ctime and
+    inode) since they were last hashed, so a cache hit on a 1.5 GB graph costs milliseconds, not
+    seconds, while any write to a file forces a full re-hash: an in-place edit with its mtime set
+    back still moves the ctime, which no user call can restore."""
     try:
         stamp = json.loads((path / VERIFIED).read_text())
     except (OSError, ValueError):

@@ -89,6 +89,24 @@ def test_altered_bytes_of_same_size_are_detected(tmp_path):
         Artifact.open(artifact.path)
 
 
+def test_an_in_place_edit_with_its_mtime_restored_is_detected(tmp_path):
+    import os
+
+    artifact, _ = onnx_artifact(resolve_model("deconly-tiny"), cache_dir=tmp_path)
+    Artifact.open(artifact.path)  # stamped: the next open would not re-hash an untouched file
+    graph = artifact.graph_path("decoder")
+    before = graph.stat()
+    with open(graph, "r+b") as f:  # same inode, same size
+        f.seek(-10, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-10, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(graph, ns=(before.st_atime_ns, before.st_mtime_ns))  # what `touch -d` does
+    assert graph.stat().st_mtime_ns == before.st_mtime_ns and graph.stat().st_ino == before.st_ino
+    with pytest.raises(ArtifactError, match="does not match its manifest digest"):
+        Artifact.open(artifact.path)
+
+
 def test_corrupt_manifest_is_a_clear_error(tmp_path):
     artifact, _ = onnx_artifact(resolve_model("deconly-tiny"), cache_dir=tmp_path)
     (artifact.path / "manifest.json").write_text("{not json")

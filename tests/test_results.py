@@ -65,3 +65,23 @@ def test_non_finite_numbers_are_refused(tmp_path):
 def test_missing_results_path_is_a_clear_error(tmp_path):
     with pytest.raises(ResultsError, match="no results at"):
         read_rows([tmp_path / "absent.jsonl"])
+
+
+def test_a_file_that_is_not_results_is_never_appended_to(tmp_path):
+    from slmbench.results import check_writable
+
+    binary = tmp_path / "photo.jpg"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ResultsError, match="is not a results file"):
+        check_writable(binary)
+    assert binary.read_bytes() == bytes(range(256)) * 4
+    rows = tmp_path / "r.jsonl"
+    append_row(rows, {"n": 1})
+    assert check_writable(rows) == rows
+
+
+def test_a_json_array_of_rows_is_named_as_such(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps([{"n": 1}, {"n": 2}]))
+    with pytest.raises(ResultsError, match="is a JSON array; results are JSON Lines"):
+        read_rows([path])

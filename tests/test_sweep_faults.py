@@ -188,3 +188,35 @@ def test_interrupt_keeps_completed_rows_drops_the_partial_one_and_resume_finishe
     rows = read_rows([results])
     assert_complete_and_attributed(rows, [16, 24, 32])
     assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
+
+
+def test_a_worker_dies_with_its_sweep_even_when_the_sweep_is_killed(tmp_path, cache_dir):
+    sweep_file = tmp_path / "k.toml"
+    sweep_file.write_text('name = "kill"\n[grid]\nmodels = ["deconly-tiny"]\ninput_lens = [16]\noutput_lens = [6]\n'
+                          "[repetitions]\nwarmup = 0\nmin_reps = 2\nmin_time_s = 0.0\n[limits]\ntimeout_s = 300\n")
+    proc = subprocess.Popen([sys.executable, "-m", "slmbench.cli", "sweep", str(sweep_file), "--results",
+                             str(tmp_path / "r.jsonl"), "--cache-dir", str(cache_dir), "--inject-fault", "hang@|in16|"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, workers = time.monotonic() + 60, []
+        while not workers and time.monotonic() < deadline:
+            workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                       if "slmbench.worker" in " ".join(c.cmdline())]
+            time.sleep(0.1)
+        assert workers, "the hanging configuration's process should be running"
+        proc.kill()  # SIGKILL: the sweep gets no chance to clean up
+        proc.wait(10)
+        _, alive = psutil.wait_procs(workers, timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for p in alive:
+        p.kill()
+    assert not alive, "a worker must not outlive its sweep"
+
+
+def test_a_library_that_cannot_be_mapped_under_the_memory_limit_is_out_of_memory():
+    from slmbench.worker import is_out_of_memory
+
+    exc = ImportError("libonnxruntime.so.1: failed to map segment from shared object")
+    assert is_out_of_memory(exc) and not is_out_of_memory(ImportError("No module named 'onnxruntime'"))

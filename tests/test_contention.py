@@ -1,0 +1,62 @@
+"""A run that competed for the CPU is noticed, recorded and, with --require-quiet, refused."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from slmbench import contention
+from slmbench.benchmark import run_benchmark
+from slmbench.cli import cli
+from slmbench.config import RunSettings, plan
+from slmbench.contention import Snapshot, Tally
+
+SETTINGS = RunSettings(input_len=16, output_len=8, warmup=1, min_reps=5, min_time_s=1.5)
+
+
+def _run(cache_dir, **kwargs):
+    (row,) = run_benchmark(plan(["deconly-tiny"], "cpu", ["onnxruntime"], settings=SETTINGS, threads=1),
+                           cache_dir=cache_dir, log=lambda m: None, **kwargs)
+    return row
+
+
+@pytest.fixture
+def load():
+    """A busy loop on every CPU this process may use (what another job on the box looks like)."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in os.sched_getaffinity(0)]
+    yield
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_others_time_is_the_machines_busy_time_less_our_own():
+    tally = Tally()
+    tally.add(Snapshot(0, 1.0, 3, 10.0, 0.0), Snapshot(2_000_000_000, 2.5, 10, 13.5, 0.2))
+    s = tally.summary()
+    assert s["own_cpu_s"] == 1.5 and s["others_cpu_s"] == pytest.approx(2.0) and s["involuntary_switches"] == 7
+    assert s["others_fraction"] == pytest.approx(2.0 / (2.0 * s["cpus"]))
+
+
+def test_a_quiet_run_carries_its_contention_and_no_warning(cache_dir):
+    row = _run(cache_dir)
+    c = row["contention"]
+    assert c["wall_s"] > 0.3 and c["own_cpu_s"] > 0 and c["others_fraction"] is not None
+    assert c["others_fraction"] < contention.BUSY_FRACTION, c
+    assert not any("competed for the CPU" in w for w in row["warnings"])
+
+
+def test_a_run_under_load_is_flagged_and_require_quiet_refuses(cache_dir, load, monkeypatch, tmp_path):
+    row = _run(cache_dir)
+    assert row["contention"]["others_fraction"] > 0.3, row["contention"]
+    assert any("competed for the CPU" in w for w in row["warnings"])
+    monkeypatch.setattr(contention, "QUIET_WAIT_S", 2.0)
+    results = tmp_path / "r.jsonl"
+    result = CliRunner().invoke(cli, ["run", "-m", "deconly-tiny", "-i", "16", "-o", "8", "--min-reps", "3",
+                                      "--min-time", "0", "-t", "1", "--require-quiet", "--results", str(results),
+                                      "--cache-dir", str(cache_dir)])
+    lines = [line for line in result.output.splitlines() if line.strip() and "preparing" not in line]
+    assert result.exit_code == 2 and "the machine is busy" in result.output, result.output
+    assert len([line for line in lines if line.startswith("error:")]) == 1 and not results.exists()
