@@ -373,6 +373,11 @@ def build_report(results, out: Path | str, title: str = "slmbench report") -> Bu
     data = build(rows)
     out = Path(out)
     figures_dir = out / "figures"
+    try:  # before drawing anything: a report of only failed rows draws no figure but is still written
+        figures_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"cannot write the report to {out}: {exc.strerror} ({exc.filename}); choose another "
+                         "--out folder") from None
     from slmbench.plots import draw_all
 
     drawn = draw_all(data, figures_dir)

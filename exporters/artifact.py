@@ -161,8 +161,15 @@ def ensure_artifact(spec: ModelSpec, fmt: str, variant: dict, export_fn: ExportF
             return Artifact.open(final), True
         except ArtifactError as exc:
             warnings.warn(f"re-exporting: {exc}", stacklevel=2)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise ArtifactError(f"the artifact cache {cache_dir} is a file, not a folder; choose another --cache-dir "
+                            "or SLMBENCH_CACHE_DIR")
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
+    except OSError as exc:
+        raise ArtifactError(f"cannot write to the artifact cache {cache_dir}: {exc.strerror}; choose another "
+                            "--cache-dir or SLMBENCH_CACHE_DIR") from None
     os.chmod(tmp, 0o755)
     try:
         started = time.perf_counter()

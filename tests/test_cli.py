@@ -92,3 +92,31 @@ def test_corrupt_cached_artifact_is_reexported_not_a_crash(tmp_path):
     result = invoke("run", "-m", "deconly-tiny", "-i", "8", "-o", "3", "--warmup", "0", "--min-reps", "1",
                     "--min-time", "0", "--cache-dir", str(cache), "--results", str(tmp_path / "r.jsonl"))
     assert result.exit_code == 0 and "warning: re-exporting" in result.output and "truncated" in result.output
+
+
+def _one_line_exit_2(result, message):
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+
+
+def test_a_cache_dir_that_is_a_file_is_one_line(tmp_path, monkeypatch):
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("x")
+    _one_line_exit_2(CliRunner().invoke(cli, ["export", "-m", "deconly-tiny", "--cache-dir", str(not_a_folder)]),
+                     "is a file, not a folder")
+    monkeypatch.setenv("SLMBENCH_CACHE_DIR", str(not_a_folder))
+    _one_line_exit_2(CliRunner().invoke(cli, ["export", "-m", "deconly-tiny"]), "is a file, not a folder")
+
+
+def test_report_output_that_cannot_be_a_folder_is_one_line(tmp_path):
+    from slmbench.config import RunConfig, RunSettings
+    from slmbench.results import append_rows
+    from slmbench.rows import failed_row
+
+    rows = tmp_path / "failed.jsonl"
+    config = RunConfig("mu-tiny", "cpu", "onnxruntime", "fp32", RunSettings(), 1)
+    append_rows(rows, [failed_row(config, "g", "boom", {"kind": "error"}, "encoder-decoder", 1)])
+    done = CliRunner().invoke(cli, ["report", str(rows), "--out", str(tmp_path / "only-failed")])
+    assert done.exit_code == 0 and (tmp_path / "only-failed" / "report.md").is_file(), done.output
+    _one_line_exit_2(CliRunner().invoke(cli, ["report", str(rows), "--out", str(rows)]), "cannot write the report")
+    _one_line_exit_2(CliRunner().invoke(cli, ["report", str(rows), "--out", "/proc/nope"]), "cannot write the report")
