@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 RESULTS ?= results/results.jsonl
 
-.PHONY: install run test test-all lint clean help perf regress regress-baseline sweep-quick sweep-cpu sweep-gpu sweep-npu sweep-all report
+.PHONY: install run test test-all lint clean help perf regress regress-noise regress-baseline sweep-quick sweep-cpu sweep-gpu sweep-npu sweep-all report
 
 help:  ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -37,6 +37,9 @@ REGRESS_FLAGS    ?= --gate same-run --threshold ed_do_ttft=1.25 --threshold over
 
 regress: install  ## CI gate: REGRESS_BASE (default HEAD~1) measured beside the working tree; fail on a regression
 	$(BIN)/slmbench compare --base-rev $(REGRESS_BASE) --rounds $(REGRESS_ROUNDS) $(REGRESS_FLAGS) --fail-on-regression
+
+regress-noise: install  ## A/A study: HEAD against itself 5 times; records this machine's noise band (commit it)
+	$(BIN)/slmbench compare --base-rev HEAD --noise-study 5 --rounds $(REGRESS_ROUNDS)
 
 regress-baseline: install  ## record this machine's fallback baseline, results/baselines/<machine>.jsonl (then commit it)
 	$(BIN)/slmbench compare --record-baseline

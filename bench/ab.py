@@ -179,3 +179,49 @@ def gate_rows(base_rev: str, commands: list[list[str]], rounds: int, stored: Pat
         measure_side(repo, rows, commands, cache_dir)
         candidate = read_rows([rows])
     return read_rows([stored]), candidate, {"base": str(stored), "candidate": describe_tree(repo), "rounds": 1}
+
+
+def noise_file(folder: Path) -> Path:
+    """This machine's A/A noise band: `<folder>/<machine name>.noise.json`."""
+    return machine_baseline(folder).with_suffix(".noise.json")
+
+
+def noise_band(reports) -> dict[str, float]:
+    """Per same-run metric, the widest A/A move: max over runs and configurations of
+    max(ratio, 1/ratio). A threshold at or below it would call noise a change."""
+    band: dict[str, float] = {}
+    for report in reports:
+        for c in report.comparisons:
+            if c.same_run and c.ratio and c.ratio > 0:
+                band[c.metric] = max(band.get(c.metric, 1.0), c.ratio, 1 / c.ratio)
+    return band
+
+
+def record_noise(path: Path, band: dict[str, float], runs: int, rounds: int, commit: str) -> dict:
+    import json
+    import time
+
+    from slmbench.environment import this_machine
+
+    study = {"machine": this_machine(), "runs": runs, "rounds": rounds, "commit": commit,
+             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "band": band,
+             "what": "A/A: the same commit on both sides of `slmbench compare --base-rev`; per same-run metric "
+                     "the widest ratio seen (max of ratio and 1/ratio)"}
+    path.write_text(json.dumps(study, indent=2, sort_keys=True) + "\n")
+    return study
+
+
+def check_thresholds(thresholds: dict[str, float], path: Path) -> dict[str, float]:
+    """Refuse a threshold inside this machine's recorded A/A noise band; returns the band ({} when
+    this machine has none recorded)."""
+    import json
+
+    if not path.is_file():
+        return {}
+    band = json.loads(path.read_text()).get("band") or {}
+    inside = [f"{m}={thresholds[m]:g} (A/A moved up to x{b:.3f})" for m, b in sorted(band.items())
+              if m in thresholds and thresholds[m] <= b]
+    if inside:
+        raise InvalidOption(f"thresholds inside this machine's noise band ({path}): {', '.join(inside)}; "
+                            "raise them, or the gate calls noise a regression")
+    return band

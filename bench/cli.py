@@ -366,6 +366,10 @@ GATE_SWEEP = Path("results/baselines/regress.toml")
 @click.option("--sweep", "sweep_file", type=click.Path(path_type=Path), default=GATE_SWEEP, show_default=True,
               help="With --base-rev or --record-baseline: the sweep file measured (plus the tiny pair's "
                    "harness overhead).")
+@click.option("--noise-study", type=int, default=None, metavar="N",
+              help="Run N A/A comparisons (--base-rev, default HEAD, against a clean working tree) and record "
+                   "each same-run metric's noise band in results/baselines/<machine>.noise.json; thresholds "
+                   "inside it are refused from then on.")
 @click.option("--record-baseline", is_flag=True,
               help="Measure the working tree into results/baselines/<machine>.jsonl: the fallback of "
                    "--base-rev where the base revision is not in the clone (shallow).")
@@ -383,8 +387,8 @@ GATE_SWEEP = Path("results/baselines/regress.toml")
 @click.option("--allow-env-mismatch", is_flag=True,
               help="Compare rows of two machines (then only the same-run ratios are compared).")
 @_cache_option
-def compare(paths, base_rev, rounds, sweep_file, record_baseline, thresholds, alpha, gate, fail_on_regression,
-            allow_env_mismatch, cache_dir):
+def compare(paths, base_rev, rounds, sweep_file, noise_study, record_baseline, thresholds, alpha, gate,
+            fail_on_regression, allow_env_mismatch, cache_dir):
     """Compare a baseline with a candidate: per configuration and metric, ratio, Mann-Whitney U p
     and a verdict that needs both p < alpha and a ratio beyond the metric's threshold.
 
@@ -399,22 +403,41 @@ def compare(paths, base_rev, rounds, sweep_file, record_baseline, thresholds, al
       slmbench compare base.jsonl cand.jsonl --gate same-run --allow-env-mismatch
     """
     from slmbench.compare import compare as run_compare
-    from slmbench.compare import compare_rows
+    from slmbench.compare import compare_rows, parse_thresholds
     from slmbench.errors import InvalidOption
 
     console = _console()
-    if record_baseline or base_rev:
+    if record_baseline or base_rev or noise_study:
         from slmbench import ab
 
         if paths:
-            raise InvalidOption("give either BASELINE CANDIDATE or --base-rev / --record-baseline, not both")
+            raise InvalidOption("give either BASELINE CANDIDATE or --base-rev / --record-baseline / --noise-study, "
+                                "not both")
         if not Path(sweep_file).is_file():
             raise InvalidOption(f"no sweep file {sweep_file}: run from the repository root or give --sweep")
         commands = ab.gate_commands(sweep_file)
         stored = ab.machine_baseline(Path(sweep_file).parent)
+        noise = ab.noise_file(Path(sweep_file).parent)
         if record_baseline:
             console.print(f"baseline recorded: {ab.record_baseline(stored, commands, cache_dir)}")
             return
+        if noise_study:
+            if not 2 <= noise_study <= 20:
+                raise InvalidOption(f"--noise-study must be from 2 to 20 runs, got {noise_study}")
+            if "uncommitted" in ab.describe_tree():
+                raise InvalidOption("--noise-study compares a commit with itself: commit or stash the changes first")
+            reports = []
+            for i in range(noise_study):
+                console.log(f"A/A run {i + 1}/{noise_study}")
+                base, candidate, _ = ab.run_ab(base_rev or "HEAD", commands, rounds, cache_dir=cache_dir,
+                                               log=lambda m: console.log(m))
+                reports.append(compare_rows(base, candidate, alpha=alpha))
+            band = ab.noise_band(reports)
+            ab.record_noise(noise, band, noise_study, rounds, ab.resolve_revision(base_rev or "HEAD"))
+            console.print(f"noise band recorded in {noise}: " + ", ".join(f"{m} x{b:.3f}" for m, b in
+                                                                         sorted(band.items())))
+            return
+        band = ab.check_thresholds(parse_thresholds(thresholds), noise)
         try:
             base, candidate, info = ab.gate_rows(base_rev, commands, rounds, stored, cache_dir,
                                                  log=lambda m: console.log(m))
@@ -422,7 +445,8 @@ def compare(paths, base_rev, rounds, sweep_file, record_baseline, thresholds, al
             click.echo(f"gate: NOTHING GATED: {exc}", err=True)
             sys.exit(1 if fail_on_regression else 0)
         title = f"{info['base']} -> {info['candidate']} on {info.get('machine', 'this machine')}, " \
-                f"{info['rounds']} rounds a side"
+                f"{info['rounds']} rounds a side" + (f"; A/A noise band up to x{max(band.values()):.3f}"
+                                                     if band else "")
         report = compare_rows(base, candidate, thresholds=thresholds, alpha=alpha,
                               allow_env_mismatch=allow_env_mismatch)
     else:

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from slmbench import ab
 from slmbench.cli import cli
 from slmbench.compare import compare_rows
+from slmbench.errors import InvalidOption
 
 REPO = Path(__file__).resolve().parents[1]
 SLOW_STEP = (
@@ -105,6 +106,7 @@ def test_a_base_revision_without_slmbench_is_refused(tmp_path):
     (["compare", "--base-rev", "no-such-rev-xyz"], "unknown revision 'no-such-rev-xyz'"),
     (["compare", "--base-rev", "HEAD", "--rounds", "0"], "--rounds must be an integer from 1 to 50"),
     (["compare", "a.jsonl"], "give BASELINE and CANDIDATE"),
+    (["compare", "--noise-study", "1"], "--noise-study must be from 2 to 20 runs"),
     (["compare", "a.jsonl", "b.jsonl", "--base-rev", "HEAD"], "not both"),
 ])
 def test_bad_gate_input_is_one_line_and_exit_2(args, message, monkeypatch):
@@ -112,3 +114,19 @@ def test_bad_gate_input_is_one_line_and_exit_2(args, message, monkeypatch):
     result = CliRunner().invoke(cli, args)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+
+
+def test_thresholds_inside_the_machines_noise_band_are_refused(tmp_path):
+    from slmbench.compare import Comparison, Report, parse_thresholds
+
+    a_a = [Report([Comparison("p", "ed_do_ttft", "no change", ratio=r), Comparison("q", "ttft_s", "no change",
+                                                                                   ratio=1.3)], [], [], [])
+           for r in (0.957, 1.02)]
+    band = ab.noise_band(a_a)
+    assert band == {"ed_do_ttft": pytest.approx(1 / 0.957)}  # same-run metrics only; the widest either way
+    path = tmp_path / "m.noise.json"
+    ab.record_noise(path, band, 2, 3, "0" * 40)
+    assert ab.check_thresholds(parse_thresholds(None), path) == band  # 1.10 stands above a 4.5% band
+    with pytest.raises(InvalidOption, match="inside this machine's noise band .* ed_do_ttft=1.04"):
+        ab.check_thresholds(parse_thresholds(["ed_do_ttft=1.04"]), path)
+    assert ab.check_thresholds(parse_thresholds(["ed_do_ttft=1.04"]), tmp_path / "absent.json") == {}
