@@ -211,6 +211,25 @@ def record_noise(path: Path, band: dict[str, float], runs: int, rounds: int, com
     return study
 
 
+def noise_study(base_rev: str, commands: list[list[str]], runs: int, rounds: int, path: Path,
+                cache_dir: Path | None = None, log: Callable[[str], None] = print) -> dict[str, float]:
+    """`runs` A/A comparisons of a commit with itself; records and returns the noise band."""
+    from slmbench.compare import compare_rows
+
+    if not isinstance(runs, int) or not 2 <= runs <= 20:
+        raise InvalidOption(f"--noise-study must be from 2 to 20 runs, got {runs!r}")
+    if "uncommitted" in describe_tree():
+        raise InvalidOption("--noise-study compares a commit with itself: commit or stash the changes first")
+    reports = []
+    for i in range(runs):
+        log(f"A/A run {i + 1}/{runs}")
+        base, candidate, _ = run_ab(base_rev, commands, rounds, cache_dir=cache_dir, log=log)
+        reports.append(compare_rows(base, candidate))
+    band = noise_band(reports)
+    record_noise(path, band, runs, rounds, resolve_revision(base_rev))
+    return band
+
+
 def check_thresholds(thresholds: dict[str, float], path: Path) -> dict[str, float]:
     """Refuse a threshold inside this machine's recorded A/A noise band; returns the band ({} when
     this machine has none recorded)."""

@@ -422,18 +422,8 @@ def compare(paths, base_rev, rounds, sweep_file, noise_study, record_baseline, t
             console.print(f"baseline recorded: {ab.record_baseline(stored, commands, cache_dir)}")
             return
         if noise_study:
-            if not 2 <= noise_study <= 20:
-                raise InvalidOption(f"--noise-study must be from 2 to 20 runs, got {noise_study}")
-            if "uncommitted" in ab.describe_tree():
-                raise InvalidOption("--noise-study compares a commit with itself: commit or stash the changes first")
-            reports = []
-            for i in range(noise_study):
-                console.log(f"A/A run {i + 1}/{noise_study}")
-                base, candidate, _ = ab.run_ab(base_rev or "HEAD", commands, rounds, cache_dir=cache_dir,
-                                               log=lambda m: console.log(m))
-                reports.append(compare_rows(base, candidate, alpha=alpha))
-            band = ab.noise_band(reports)
-            ab.record_noise(noise, band, noise_study, rounds, ab.resolve_revision(base_rev or "HEAD"))
+            band = ab.noise_study(base_rev or "HEAD", commands, noise_study, rounds, noise, cache_dir,
+                                  log=lambda m: console.log(m))
             console.print(f"noise band recorded in {noise}: " + ", ".join(f"{m} x{b:.3f}" for m, b in
                                                                          sorted(band.items())))
             return
