@@ -29,6 +29,7 @@ from slmbench.results import append_rows, check_writable
 from slmbench.roofline import BYTES_PER_PARAM, row_roofline
 from slmbench.rows import measured_row
 from slmbench.runners import select_runner
+from slmbench.runners.base import allowed_cpus
 
 
 @dataclass
@@ -76,6 +77,9 @@ def result_row(config: RunConfig, subject: Subject, loaded: Loaded, group: str, 
     s = config.settings
     batch = s.batch
     metrics, warnings = summarize_subject(subject, batch)
+    if (allowed := allowed_cpus()) and config.threads > allowed:
+        warnings.append(f"oversubscribed: {config.threads} runtime threads on the {allowed} CPUs this process may "
+                        "use; threads wait for each other, so times are not this machine's best")
     roofline = None
     if config.precision in BYTES_PER_PARAM and not config.loop:  # overhead loops: no ceiling needed
         roofline = row_roofline(spec.config, config.precision, s.input_len, s.output_len, config.threads,

@@ -49,10 +49,9 @@ class Snapshot:
 
 
 def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    from slmbench.runners.base import allowed_cpus
+
+    return allowed_cpus() or os.cpu_count() or 1
 
 
 @dataclass

@@ -123,17 +123,32 @@ def test_runtimes_side_by_side_in_one_interleaved_run(tmp_path, cache_dir):
 
 
 def test_run_length_from_ci_width(cache_dir):
-    """--target-ci: a loose target stops as soon as a 95% CI of the median exists (6 repetitions, not
-    min_reps 3), an unreachable one runs to max_reps."""
+    """--target-ci: never stops before a 95% CI of the median exists (6 repetitions, even with
+    min_reps 3); an unreachable target runs to max_reps."""
     from slmbench.errors import InvalidOption
+    from slmbench.measure import ci_is_tight
 
+    steady = [Repetition([0, 1000, 2000, 3000]) for _ in range(6)]
+    assert not ci_is_tight(steady[:5], 0.5) and ci_is_tight(steady, 0.5)  # 5 values have no 95% CI
     spec = resolve_model("deconly-tiny")
-    for target, expected in ((0.99, 6), (1e-9, 8)):
+    for target, at_least, at_most in ((0.99, 6, 8), (1e-9, 8, 8)):
         settings = RunSettings(input_len=8, output_len=4, warmup=0, min_reps=3, max_reps=8, min_time_s=0.0,
                                target_ci=target)
         row = run_benchmark(plan([spec.name], "cpu", ["onnxruntime"], settings=settings, threads=1),
                             cache_dir=cache_dir, log=lambda m: None)[0]
-        assert len(row["repetitions"]) == expected and row["settings"]["target_ci"] == target
+        assert at_least <= len(row["repetitions"]) <= at_most and row["settings"]["target_ci"] == target
     for bad in (0, 1.5, float("nan"), True):
         with pytest.raises(InvalidOption, match="target_ci"):
             RunSettings(target_ci=bad)
+
+
+def test_more_threads_than_allowed_cpus_is_a_recorded_warning(cache_dir):
+    import os
+
+    from slmbench.config import plan
+
+    threads = len(os.sched_getaffinity(0)) + 1
+    settings = RunSettings(input_len=8, output_len=4, warmup=0, min_reps=2, min_time_s=0.0)
+    (row,) = run_benchmark(plan(["deconly-tiny"], "cpu", ["onnxruntime"], settings=settings, threads=threads),
+                           cache_dir=cache_dir, log=lambda m: None)
+    assert row["threads"] == threads and any(w.startswith("oversubscribed:") for w in row["warnings"])
