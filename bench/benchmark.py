@@ -83,7 +83,8 @@ def result_row(config: RunConfig, subject: Subject, loaded: Loaded, group: str, 
     roofline = None
     if config.precision in BYTES_PER_PARAM and not config.loop:  # overhead loops: no ceiling needed
         roofline = row_roofline(spec.config, config.precision, s.input_len, s.output_len, config.threads,
-                                (metrics.get("decode_tps") or {}).get("median"), batch)
+                                (metrics.get("decode_tps") or {}).get("median"), batch,
+                                cache_dir=artifact.path.parent if artifact.path else None)
     return measured_row(
         config, group, env,
         family=spec.family.value, parameters=spec.parameters, runtime_version=load.runtime_version,

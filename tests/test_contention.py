@@ -60,3 +60,32 @@ def test_a_run_under_load_is_flagged_and_require_quiet_refuses(cache_dir, load, 
     lines = [line for line in result.output.splitlines() if line.strip() and "preparing" not in line]
     assert result.exit_code == 2 and "the machine is busy" in result.output, result.output
     assert len([line for line in lines if line.startswith("error:")]) == 1 and not results.exists()
+
+
+def test_the_bandwidth_ceiling_is_stored_per_machine_and_threads_only_when_quiet(tmp_path, monkeypatch):
+    import json
+
+    from slmbench import roofline
+    from slmbench.environment import this_machine
+
+    calls = []
+    monkeypatch.setattr(roofline, "measure_bandwidth", lambda threads, **kw: calls.append(threads) or {
+        "read_bytes_per_s": 4e10, "method": "onnxruntime_matvec", "threads": threads})
+    cache = tmp_path / "artifacts"
+    monkeypatch.setattr(contention, "wait_until_quiet", lambda **kw: (_ for _ in ()).throw(
+        contention.MachineBusy("busy")))
+    assert roofline.host_bandwidth(1, cache_dir=cache)["quiet"] is False
+    assert not (tmp_path / "bandwidth.json").exists()  # a busy reading is used once, never stored
+    monkeypatch.setattr(contention, "wait_until_quiet", lambda **kw: {})
+    first = roofline.host_bandwidth(1, cache_dir=cache)
+    assert first["quiet"] and roofline.host_bandwidth(1, cache_dir=cache) == first and calls == [1, 1]
+    stored = json.loads((tmp_path / "bandwidth.json").read_text())
+    assert list(stored) == [f"{this_machine()['id']}|t1"]
+
+
+def test_the_ceiling_takes_the_best_read_kernel_and_names_it():
+    from slmbench.roofline import measure_bandwidth
+
+    found = measure_bandwidth(1, megabytes=64, trials=1)
+    assert found["method"] in found["kernels"] and "onnxruntime_matvec" in found["kernels"]
+    assert found["read_bytes_per_s"] == max(v for k, v in found["kernels"].items() if k != "numpy_copy")
