@@ -271,17 +271,26 @@ def load_adapter(spec) -> _Adapter:
 
     ed = spec.config.is_encoder_decoder
     auto = AutoModelForSeq2SeqLM if ed else AutoModelForCausalLM
-    with _quiet_transformers():
-        model, info = auto.from_pretrained(
-            spec.path,
-            dtype=torch.float32,
-            attn_implementation="eager",
-            local_files_only=True,
-            use_safetensors=spec.weights_format == "safetensors",
-            weights_only=True,
-            trust_remote_code=spec.trust_remote_code,
-            output_loading_info=True,
-        )
+    from safetensors import SafetensorError
+
+    from slmbench.models.hf import CheckpointError
+
+    try:
+        with _quiet_transformers():
+            model, info = auto.from_pretrained(
+                spec.path,
+                dtype=torch.float32,
+                attn_implementation="eager",
+                local_files_only=True,
+                use_safetensors=spec.weights_format == "safetensors",
+                weights_only=True,
+                trust_remote_code=spec.trust_remote_code,
+                output_loading_info=True,
+            )
+    except (SafetensorError, OSError, ValueError, EOFError, RuntimeError) as exc:  # what a damaged file raises
+        message = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"cannot load the weights of {spec.name} ({spec.path}): {type(exc).__name__}: "
+                              f"{message}; the checkpoint is damaged or incomplete") from None
     missing = list(info.get("missing_keys") or [])
     if missing:
         warnings.warn(

@@ -364,3 +364,15 @@ def test_cli_run_accepts_hf_models(checkpoint, cache_dir, tmp_path):
     (row,) = [json.loads(line) for line in results.read_text().splitlines()]
     assert row["model"] == name and row["family"] == "encoder-decoder" and row["tokens_generated"] == 4
     assert np.isfinite(row["metrics"]["ttft_s"]["median"])
+
+
+def test_a_damaged_safetensors_file_is_one_line(checkpoint, tmp_path):
+    folder = shutil.copytree(checkpoint("llama"), tmp_path / "damaged")
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[:8] = b"\xff" * 8  # the header length: now absurd
+    weights.write_bytes(bytes(data))
+    result = CliRunner().invoke(cli, ["export", "-m", f"hf:{folder}", "--cache-dir", str(tmp_path / "c")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "cannot load the weights" in lines[0] and "SafetensorError" in lines[0]
