@@ -14,11 +14,13 @@ configuration and judged by slmbench.compare.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,9 +200,6 @@ def noise_band(reports) -> dict[str, float]:
 
 
 def record_noise(path: Path, band: dict[str, float], runs: int, rounds: int, commit: str) -> dict:
-    import json
-    import time
-
     from slmbench.environment import this_machine
 
     study = {"machine": this_machine(), "runs": runs, "rounds": rounds, "commit": commit,
@@ -218,8 +217,9 @@ def noise_study(base_rev: str, commands: list[list[str]], runs: int, rounds: int
 
     if not isinstance(runs, int) or not 2 <= runs <= 20:
         raise InvalidOption(f"--noise-study must be from 2 to 20 runs, got {runs!r}")
-    if "uncommitted" in describe_tree():
-        raise InvalidOption("--noise-study compares a commit with itself: commit or stash the changes first")
+    if "uncommitted" in describe_tree() or resolve_revision(base_rev) != resolve_revision("HEAD"):
+        raise InvalidOption("--noise-study compares a commit with itself: use --base-rev HEAD (the default) on a "
+                            "tree without uncommitted changes")
     reports = []
     for i in range(runs):
         log(f"A/A run {i + 1}/{runs}")
@@ -233,8 +233,6 @@ def noise_study(base_rev: str, commands: list[list[str]], runs: int, rounds: int
 def check_thresholds(thresholds: dict[str, float], path: Path) -> dict[str, float]:
     """Refuse a threshold inside this machine's recorded A/A noise band; returns the band ({} when
     this machine has none recorded)."""
-    import json
-
     if not path.is_file():
         return {}
     band = json.loads(path.read_text()).get("band") or {}

@@ -15,7 +15,7 @@ import time
 import uuid
 from dataclasses import asdict
 
-from slmbench.config import RunConfig
+from slmbench.config import RunConfig, RunSettings
 from slmbench.environment import environment, machine_identity
 
 SCHEMA = 2
@@ -138,8 +138,6 @@ def _config_of_schema1(row: dict) -> dict | None:
         options[name] = int(value) if value.isdigit() else value
     loop = options.pop("loop", None)
     try:
-        from slmbench.config import RunSettings
-
         config = RunConfig(row["model"], row["device"], row["runtime"], row["precision"],
                            RunSettings(**row["settings"]), row["threads"], tuple(options.items()), loop)
     except Exception:  # noqa: BLE001 - whatever an old row lacks, it simply has no config

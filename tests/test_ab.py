@@ -107,6 +107,7 @@ def test_a_base_revision_without_slmbench_is_refused(tmp_path):
     (["compare", "--base-rev", "HEAD", "--rounds", "0"], "--rounds must be an integer from 1 to 50"),
     (["compare", "a.jsonl"], "give BASELINE and CANDIDATE"),
     (["compare", "--noise-study", "1"], "--noise-study must be from 2 to 20 runs"),
+    (["compare", "--noise-study", "3", "--base-rev", "HEAD~1"], "compares a commit with itself"),
     (["compare", "a.jsonl", "b.jsonl", "--base-rev", "HEAD"], "not both"),
 ])
 def test_bad_gate_input_is_one_line_and_exit_2(args, message, monkeypatch):
