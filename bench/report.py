@@ -167,16 +167,20 @@ def roofline_rows(data: ReportData) -> pd.DataFrame:
                     "mode": r.get("mode") or "-", "in/out": f"{r['input_len']}/{r['output_len']}",
                     "bytes/token": f"{roof['bytes_per_token'] / 1e6:.0f} MB",
                     "bandwidth": f"{roof['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
+                    "measured by": roof.get("bandwidth_method") or "numpy_sum",
                     "ceiling tok/s": f"{roof['ceiling_tokens_per_s']:.1f}",
-                    "of ceiling": _fraction(roof["fraction_of_ceiling"])})
+                    "of ceiling": _fraction(roof["fraction_of_ceiling"], roof.get("remeasured", False))})
     return pd.DataFrame(out)
 
 
-def _fraction(value: float) -> str:
+def _fraction(value: float, remeasured: bool) -> str:
     """A fraction of a ceiling; above 1 the ceiling was not a bound, and the table says so."""
     text = f"{100 * value:.0f}%"
-    return text if value <= 1 else f"{text} (above the ceiling: the bandwidth reading was below what the " \
-                                   "decode streamed, so it is no bound)"
+    if value <= 1:
+        return text
+    again = " even after a re-measure" if remeasured else " as first measured"
+    return f"{text} (above the ceiling{again}: the bandwidth reading was below what the decode streamed, so it " \
+           "is no bound)"
 
 
 _PRECISION_ORDER = {"fp32": 0, "bf16": 1, "fp16": 2, "int8": 3, "int4": 4}

@@ -89,3 +89,58 @@ def test_the_ceiling_takes_the_best_read_kernel_and_names_it():
     found = measure_bandwidth(1, megabytes=64, trials=1)
     assert found["method"] in found["kernels"] and "onnxruntime_matvec" in found["kernels"]
     assert found["read_bytes_per_s"] == max(v for k, v in found["kernels"].items() if k != "numpy_copy")
+
+
+def _fake_bandwidth(monkeypatch, readings):
+    """host_bandwidth over scripted readings (bytes/s, in turn) on a quiet machine."""
+    from slmbench import roofline
+
+    calls = []
+
+    def measure(threads, **kw):
+        calls.append(threads)
+        return {"read_bytes_per_s": readings[len(calls) - 1], "method": "onnxruntime_layers", "threads": threads}
+    monkeypatch.setattr(roofline, "measure_bandwidth", measure)
+    monkeypatch.setattr(contention, "wait_until_quiet", lambda **kw: {})
+    return calls
+
+
+def test_the_stored_ceiling_is_the_best_quiet_reading_and_counts_them(tmp_path, monkeypatch):
+    from slmbench.roofline import host_bandwidth
+
+    calls = _fake_bandwidth(monkeypatch, [40e9, 35e9, 45e9])
+    cache = tmp_path / "artifacts"
+    assert host_bandwidth(2, cache_dir=cache)["read_bytes_per_s"] == 40e9
+    lower = host_bandwidth(2, refresh=True, cache_dir=cache)  # a slower reading never lowers the ceiling
+    assert lower["read_bytes_per_s"] == 40e9 and lower["latest"]["read_bytes_per_s"] == 35e9 and lower["readings"] == 2
+    higher = host_bandwidth(2, refresh=True, cache_dir=cache)
+    assert higher["read_bytes_per_s"] == 45e9 and higher["readings"] == 3 and len(calls) == 3
+    assert host_bandwidth(2, cache_dir=cache) == higher and len(calls) == 3
+
+
+def test_a_decode_above_its_ceiling_remeasures_and_is_marked_if_still_above(tmp_path, monkeypatch):
+    from slmbench.models.presets import get_preset
+    from slmbench.roofline import decode_bytes_per_token, row_roofline
+
+    cfg = get_preset("deconly-330m")
+    need = decode_bytes_per_token(cfg, "fp32", position=512 + 32)["bytes_per_token"]
+    calls = _fake_bandwidth(monkeypatch, [30e9, 50e9, 50e9, 60e9])
+    cache = tmp_path / "artifacts"
+    below = row_roofline(cfg, "fp32", 512, 64, 2, decode_tps=20e9 / need, cache_dir=cache)
+    assert not below["remeasured"] and not below["exceeded"] and below["fraction_of_ceiling"] == pytest.approx(2 / 3)
+    fixed = row_roofline(cfg, "fp32", 512, 64, 2, decode_tps=40e9 / need, cache_dir=cache)  # 40 > 30: re-measured
+    assert fixed["remeasured"] and not fixed["exceeded"] and fixed["fraction_of_ceiling"] == pytest.approx(0.8)
+    above = row_roofline(cfg, "fp32", 512, 64, 2, decode_tps=55e9 / need, cache_dir=cache)
+    assert above["remeasured"] and above["exceeded"] and above["fraction_of_ceiling"] == pytest.approx(1.1)
+    assert len(calls) == 3
+
+
+def test_a_model_that_fits_in_the_cache_has_no_bandwidth_ceiling(tmp_path, monkeypatch):
+    from slmbench import roofline
+    from slmbench.models.presets import get_preset
+
+    calls = _fake_bandwidth(monkeypatch, [])
+    monkeypatch.setattr(roofline, "last_level_cache_bytes", lambda: 32 << 20)
+    roof = roofline.row_roofline(get_preset("mu-tiny"), "fp32", 64, 16, 2, decode_tps=900.0, cache_dir=tmp_path / "a")
+    assert roof["fraction_of_ceiling"] is None and roof["ceiling_tokens_per_s"] is None and not calls
+    assert "last-level cache" in roof["bound"]
