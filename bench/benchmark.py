@@ -15,11 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from slmbench.child import in_fresh_process
 from slmbench.config import RunConfig, check_one_run
 from slmbench.contention import MachineBusy, wait_until_quiet
 from slmbench.contention import warning as contention_warning
 from slmbench.environment import environment
 from slmbench.errors import DeviceUnavailable
+from slmbench.exporters.artifact import NotCached, cached_only
 from slmbench.exporters.precision import row_fields as precision_fields
 from slmbench.hugepages import back_with_huge_pages
 from slmbench.measure import Subject, generate, make_inputs, measure, summarize_subject
@@ -46,6 +48,25 @@ class Loaded:
     huge_pages: dict | None = None
 
 
+def _export(config: dict, spec: ModelSpec, cache_dir) -> None:
+    run = RunConfig.from_dict(config)
+    runner = select_runner(run.device, run.runtime)(run.device, run.threads, run.option_dict)
+    runner.prepare(spec, run.precision, cache_dir)
+
+
+def prepare_artifact(config: RunConfig, spec: ModelSpec, runner, cache_dir, log=print):
+    """The artifact from the cache, or exported first in a fresh process (slmbench.child): an
+    export leaves gigabytes of fragmented PyTorch heap that would shape the memory of the runtime
+    this process then measures. Returns (artifact, reused)."""
+    try:
+        with cached_only():
+            return runner.prepare(spec, config.precision, cache_dir)
+    except NotCached:
+        log(f"exporting {spec.name} for {config.runtime} ({config.precision}) in a fresh process")
+        in_fresh_process(_export, config.to_dict(), spec, cache_dir)
+    return runner.prepare(spec, config.precision, cache_dir)[0], False
+
+
 def prepare_and_load(config: RunConfig, spec: ModelSpec | None = None, cache_dir=None, log=print,
                      runner=None) -> Loaded:
     """Export (or reuse) the artifact, load it, time the load, and refuse a device the runtime did
@@ -54,7 +75,7 @@ def prepare_and_load(config: RunConfig, spec: ModelSpec | None = None, cache_dir
     if runner is None:
         runner = select_runner(config.device, config.runtime)(config.device, config.threads, config.option_dict)
     log(f"preparing {spec.name} for {config.runtime}/{config.device} ({config.precision})")
-    artifact, reused = runner.prepare(spec, config.precision, cache_dir)
+    artifact, reused = prepare_artifact(config, spec, runner, cache_dir, log)
     rss_before = current_rss()
     started = time.perf_counter()
     load = runner.load(artifact)

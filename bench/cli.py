@@ -144,6 +144,36 @@ def export(model_names, runtime, precision, force, cache_dir):
                    f"tolerance {parity['tolerance']:g})")
 
 
+@cli.group()
+def cache():
+    """The artifact cache: exported graphs, keyed by model, format, variant and exporter code."""
+
+
+@cache.command("prune")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@_cache_option
+def cache_prune(dry_run, cache_dir):
+    """Keep the newest artifact of each model, format and variant; remove the rest.
+
+    Older exports of the same model were made by earlier exporter or model code and are never
+    used again; folders that are not readable artifacts and leftovers of killed exports go too.
+
+    \b
+    Examples:
+      slmbench cache prune --dry-run
+      slmbench cache prune --cache-dir /data/slmbench-cache
+    """
+    from slmbench.exporters.artifact import prune_cache
+
+    done = prune_cache(cache_dir, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for entry in done["removed"]:
+        click.echo(f"{verb} {entry['path']} ({entry['bytes'] / 2**20:.0f} MiB): {entry['why']}")
+    kept = sum(k["bytes"] for k in done["kept"])
+    click.echo(f"{verb} {len(done['removed'])} folders, {done['freed_bytes'] / 2**30:.2f} GiB; kept "
+               f"{len(done['kept'])} artifacts, {kept / 2**30:.2f} GiB")
+
+
 def _openvino_run_options(f):
     """OpenVINO's few run options; they travel in run_benchmark's `options` (see runners/openvino.py)."""
     f = click.option("--ov-cache-dir", type=click.Path(path_type=Path), default=None,

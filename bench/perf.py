@@ -24,6 +24,8 @@ from pathlib import Path
 
 import click
 
+from slmbench.child import in_fresh_process
+
 GOALS = {"overhead": 1.03, "roofline": 0.8, "export_s": 180.0, "cache_hit_s": 1.0, "rss_ratio": 1.5}
 
 
@@ -41,17 +43,6 @@ def _export_times(specs, runtimes, cache_dir: Path) -> dict:
         reused = [runner.prepare(spec, "fp32", cache_dir)[1] for spec in specs]
         out[runtime] = {"export_s": cold, "cache_hit_s": time.perf_counter() - started, "reused": all(reused)}
     return out
-
-
-def _in_child(fn, *args):
-    """Run fn in a fresh (spawned) process: exporting builds the models in PyTorch and leaves
-    gigabytes of freed, fragmented heap behind, which must not shape the memory (and huge-page
-    layout) of the runtimes measured afterwards in this process."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
 
 
 def _peak_rss(model: str, runtime: str, input_len: int, output_len: int, threads: int, cache_dir: Path) -> dict:
@@ -120,16 +111,18 @@ def main(models, runtimes, input_len, output_len, threads, min_reps, out, cache_
 
     bandwidth = host_bandwidth(threads, refresh=True)
     summary["bandwidth"] = bandwidth
+    latest = bandwidth.get("latest") or bandwidth
     console.print(f"memory bandwidth ({threads} threads, {bandwidth['buffer_bytes'] >> 20} MiB): read "
-                  f"{bandwidth['read_bytes_per_s'] / 1e9:.1f} GB/s, "
-                  f"copy {bandwidth['copy_bytes_per_s'] / 1e9:.1f} GB/s")
+                  f"{latest['read_bytes_per_s'] / 1e9:.1f} GB/s now ({latest['method']}); the ceiling is the best "
+                  f"of {bandwidth.get('readings', 1)} quiet readings here, {bandwidth['read_bytes_per_s'] / 1e9:.1f} "
+                  f"GB/s ({bandwidth['method']})")
 
     with tempfile.TemporaryDirectory(prefix="slmbench-perf-") as fresh:
         console.print("exporting the pair into an empty cache ...")
-        summary["export"] = _in_child(_export_times, specs, runtimes, Path(fresh))
+        summary["export"] = in_fresh_process(_export_times, specs, runtimes, Path(fresh))
         run_cache = cache_dir or Path(fresh)
         if cache_dir:
-            _in_child(_export_times, specs, runtimes, cache_dir)  # warm the run cache too
+            in_fresh_process(_export_times, specs, runtimes, cache_dir)  # warm the run cache too
         table = Table(title="export (empty cache) and re-export (cache hit)", title_justify="left")
         for col in ("runtime", "pair export", "goal", "cache hit", "goal"):
             table.add_column(col, justify="right" if col != "runtime" else "left")

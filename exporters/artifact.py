@@ -8,6 +8,7 @@ sizes and SHA-256 digests in the manifest before any runtime touches it.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import os
@@ -15,7 +16,8 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,24 @@ SCHEMA = 1
 
 class ArtifactError(RuntimeError):
     """An artifact that is missing, incomplete or altered."""
+
+
+class NotCached(ArtifactError):
+    """Inside `cached_only()`: the artifact would have to be exported here."""
+
+
+_CACHED_ONLY = contextvars.ContextVar("cached_only", default=False)
+
+
+@contextmanager
+def cached_only() -> Iterator[None]:
+    """Within this block an artifact that is not in the cache (or fails verification) raises
+    NotCached instead of being exported in this process; the caller exports it elsewhere."""
+    token = _CACHED_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _CACHED_ONLY.reset(token)
 
 
 def default_cache_dir() -> Path:
@@ -160,10 +180,14 @@ def ensure_artifact(spec: ModelSpec, fmt: str, variant: dict, export_fn: ExportF
         try:
             return Artifact.open(final), True
         except ArtifactError as exc:
+            if _CACHED_ONLY.get():
+                raise NotCached(str(exc)) from None
             warnings.warn(f"re-exporting: {exc}", stacklevel=2)
     if cache_dir.exists() and not cache_dir.is_dir():
         raise ArtifactError(f"the artifact cache {cache_dir} is a file, not a folder; choose another --cache-dir "
                             "or SLMBENCH_CACHE_DIR")
+    if _CACHED_ONLY.get():
+        raise NotCached(f"{key} is not in {cache_dir}")
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
@@ -192,3 +216,47 @@ def ensure_artifact(spec: ModelSpec, fmt: str, variant: dict, export_fn: ExportF
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Artifact(final, manifest), False
+
+
+STALE_EXPORT_S = 3600  # a temporary export folder untouched this long was left by a killed export
+
+
+def _folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def prune_cache(cache_dir: Path | str | None = None, dry_run: bool = False) -> dict:
+    """Keep the newest artifact of each model, format and variant (precision, OpenVINO mode, static
+    shapes); the older ones were made by earlier exporter or model code and are never used again.
+    Folders that are not readable artifacts and temporary folders of exports killed an hour or
+    more ago go too. Returns {"kept": [...], "removed": [...], "freed_bytes": n}, each entry
+    {"path", "bytes", "why"}; with `dry_run` nothing is deleted."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    if not cache_dir.is_dir():
+        raise ArtifactError(f"no artifact cache at {cache_dir}" + (" (it is a file)" if cache_dir.exists() else ""))
+    newest: dict[str, tuple[float, Path]] = {}
+    removed = []
+    for path in sorted(p for p in cache_dir.iterdir() if p.is_dir()):
+        if path.name.startswith("."):
+            if time.time() - path.stat().st_mtime >= STALE_EXPORT_S:
+                removed.append((path, "left by an interrupted export"))
+            continue
+        try:
+            manifest = Artifact.open(path, verify=False).manifest
+        except ArtifactError as exc:
+            removed.append((path, f"not a readable artifact ({exc})"))
+            continue
+        group = json.dumps([manifest.get("model"), manifest.get("format"), manifest.get("variant")], sort_keys=True)
+        made = (path / MANIFEST).stat().st_mtime
+        if group in newest:
+            older = min(newest[group], (made, path))
+            removed.append((older[1], "an older export of the same model, format and variant"))
+            newest[group] = max(newest[group], (made, path))
+        else:
+            newest[group] = (made, path)
+    gone = [{"path": str(p), "bytes": _folder_bytes(p), "why": why} for p, why in removed]
+    if not dry_run:
+        for p, _ in removed:
+            shutil.rmtree(p, ignore_errors=True)
+    kept = [{"path": str(p), "bytes": _folder_bytes(p), "why": "newest"} for _, p in sorted(newest.values())]
+    return {"kept": kept, "removed": gone, "freed_bytes": sum(g["bytes"] for g in gone), "dry_run": dry_run}
