@@ -7,6 +7,7 @@ everything already measured has been written.
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -146,7 +147,12 @@ def export(model_names, runtime, precision, force, cache_dir):
 
 @cli.group()
 def cache():
-    """The artifact cache: exported graphs, keyed by model, format, variant and exporter code."""
+    """The artifact cache: exported graphs, keyed by model, format, variant and exporter code.
+
+    \b
+    Example:
+      slmbench cache prune --dry-run
+    """
 
 
 @cache.command("prune")
@@ -306,6 +312,41 @@ def devices():
     _console().print(table)
 
 
+EXIT_GRACE_S = 15.0  # an interrupted sweep has this long to tidy up before it is ended
+
+
+@contextmanager
+def _bounded_interrupt():
+    """Ctrl-C (or SIGTERM) ends the sweep within EXIT_GRACE_S even if tidying up sticks (a thread
+    on a lock, a dying child): every completed row is already on disk, so a timer then prints
+    each thread's stack (for the bug report) and exits 130 without the rest."""
+    import faulthandler
+    import os
+    import signal
+    import threading
+
+    def give_up():
+        click.echo(f"interrupted: exiting after {EXIT_GRACE_S:g}s of clean-up; completed rows are kept; "
+                   "the threads were here:", err=True)
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(130)
+
+    def interrupt(signum, frame):
+        if not armed:
+            timer = threading.Timer(EXIT_GRACE_S, give_up)
+            timer.daemon = True  # a clean exit does not wait for it
+            timer.start()
+            armed.append(timer)
+        raise KeyboardInterrupt
+
+    armed: list[threading.Timer] = []
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @cli.command()
 @click.argument("sweep_file")
 @click.option("--results", type=click.Path(path_type=Path), default=None,
@@ -345,7 +386,7 @@ def sweep(sweep_file, results, force, timeout, memory_limit, inject_fault, cache
     results = results or Path("results") / plan.name / "results.jsonl"
     console = _console()
     try:
-        with RichSweepProgress(console) as progress:
+        with _bounded_interrupt(), RichSweepProgress(console) as progress:
             outcome = run_sweep(plan, results, force, timeout, memory_limit, cache_dir, inject_fault,
                                 progress)
     except SweepInterrupted as exc:

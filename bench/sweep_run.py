@@ -32,6 +32,9 @@ from slmbench.sweep import Configuration, Sweep
 from slmbench.worker import INJECT_ENV, OOM_WORDS
 
 
+KILL_WAIT_S = 5.0  # how long an interrupted sweep waits for its killed worker
+
+
 class SweepInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM during a sweep; completed rows are kept."""
 
@@ -142,13 +145,19 @@ class _Child:
                 self.foreign.append(line)
 
     def kill(self) -> None:
+        """SIGKILL its process group, and wait for it a bounded time: a process stuck in the kernel
+        (a device driver, a page fault under memory pressure) dies when it leaves it, and the
+        sweep's own exit must not wait on that."""
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        self.proc.wait()
-        self.reader.join(timeout=5)
+        try:
+            self.proc.wait(timeout=KILL_WAIT_S)
+        except subprocess.TimeoutExpired:
+            pass
+        self.reader.join(timeout=KILL_WAIT_S)
 
     def wait(self, timeout_s: float) -> bool:
         """True when it exited, False when the timeout passed (it is then killed)."""
@@ -304,7 +313,21 @@ def run_configuration(
     return failed_rows(config, error, failure), error
 
 
-def _raise_on_sigterm(signum, frame):
+def _count_rows(results: Path) -> int:
+    """Rows in the results file, counted without parsing them: the interrupt path must stay short
+    on a loaded machine and a results file of thousands of rows."""
+    try:
+        with open(results, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    except OSError:
+        return 0
+
+
+def _terminate_as_interrupt(signum, frame):
+    """SIGTERM does what SIGINT does here (whatever handler the caller installed for it)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signum, frame)
     raise KeyboardInterrupt
 
 
@@ -355,7 +378,7 @@ def run_sweep(
     previous = signal.getsignal(signal.SIGTERM)
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
-        signal.signal(signal.SIGTERM, _raise_on_sigterm)
+        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         with tempfile.TemporaryDirectory(prefix="slmbench-sweep-") as workdir:
             for index, (config, cost) in enumerate(zip(todo, costs, strict=True)):
@@ -370,7 +393,7 @@ def run_sweep(
                     outcome.measured += 1
                 progress.end(config, cost, error is None, error)
     except KeyboardInterrupt:
-        kept = len(read_rows([results])) if results.exists() else 0
+        kept = _count_rows(results)
         raise SweepInterrupted(kept, len(outcome.rows), results) from None
     finally:
         if in_main:

@@ -4,6 +4,7 @@ every completed row intact, nothing of the partial one, exit 130; resume finishe
 Each test counts rows lost (must be 0) and rows misattributed (must be 0)."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -220,3 +221,75 @@ def test_a_library_that_cannot_be_mapped_under_the_memory_limit_is_out_of_memory
 
     exc = ImportError("libonnxruntime.so.1: failed to map segment from shared object")
     assert is_out_of_memory(exc) and not is_out_of_memory(ImportError("No module named 'onnxruntime'"))
+
+
+def test_an_interrupt_under_heavy_load_ends_the_sweep_promptly(tmp_path, cache_dir):
+    """Eight busy processes per CPU compete with the sweep when the signal lands: the interrupt
+    path (kill the worker, count the kept rows, say so) must still end it within seconds."""
+    sweep_file = tmp_path / "l.toml"
+    sweep_file.write_text('name = "load"\n[grid]\nmodels = ["deconly-tiny"]\ninput_lens = [16]\noutput_lens = [6]\n'
+                          "[repetitions]\nwarmup = 0\nmin_reps = 2\nmin_time_s = 0.0\n[limits]\ntimeout_s = 300\n")
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(3)))  # rows an earlier run kept
+    env = dict(os.environ, SLMBENCH_INJECT_FAULT="hang@|in16|")
+    proc = subprocess.Popen([sys.executable, "-m", "slmbench.cli", "sweep", str(sweep_file), "--results", str(results),
+                             "--cache-dir", str(cache_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    load = []
+    try:
+        deadline, workers = time.monotonic() + 120, []
+        while not workers and time.monotonic() < deadline:
+            workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                       if "slmbench.worker" in " ".join(c.cmdline())]
+            time.sleep(0.1)
+        assert workers, "the hanging configuration's process should be running"
+        time.sleep(1.0)
+        load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(8 * os.cpu_count())]
+        time.sleep(2.0)  # the load is running
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - signalled
+    finally:
+        for p in load:
+            p.kill()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "3 completed rows" in err and "0 rows written by this run" in err, err
+    assert took < 30, f"the interrupted sweep took {took:.1f}s to exit under load"
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
+
+
+def test_an_interrupted_sweep_whose_clean_up_sticks_still_exits_130_with_the_stacks(tmp_path, cache_dir):
+    """If tidying up after Ctrl-C hangs (here: the progress display never stops), the sweep ends
+    anyway once the grace period has passed, exit 130, every thread's stack on stderr."""
+    sweep_file = tmp_path / "g.toml"
+    sweep_file.write_text('name = "grace"\n[grid]\nmodels = ["deconly-tiny"]\ninput_lens = [16]\noutput_lens = [6]\n'
+                          "[repetitions]\nwarmup = 0\nmin_reps = 2\nmin_time_s = 0.0\n[limits]\ntimeout_s = 300\n")
+    code = ("import sys, time\nfrom slmbench import cli, sweep_run\ncli.EXIT_GRACE_S = 2.0\n"
+            "sweep_run.RichSweepProgress.__exit__ = lambda self, *exc: time.sleep(3600)\n"
+            f"sys.argv = ['slmbench', 'sweep', {str(sweep_file)!r}, '--results', {str(tmp_path / 'r.jsonl')!r}, "
+            f"'--cache-dir', {str(cache_dir)!r}]\ncli.main()\n")
+    env = dict(os.environ, SLMBENCH_INJECT_FAULT="hang@|in16|")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        deadline, workers = time.monotonic() + 120, []
+        while not workers and time.monotonic() < deadline:
+            workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                       if "slmbench.worker" in " ".join(c.cmdline())]
+            time.sleep(0.1)
+        assert workers
+        time.sleep(0.5)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "exiting after 2s of clean-up" in err and "Thread" in err, err[-2000:]
+    assert took < 30
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
