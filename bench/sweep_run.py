@@ -31,7 +31,6 @@ from slmbench.rows import failed_row
 from slmbench.sweep import Configuration, Sweep
 from slmbench.worker import INJECT_ENV, OOM_WORDS
 
-
 KILL_WAIT_S = 5.0  # how long an interrupted sweep waits for its killed worker
 
 
