@@ -80,7 +80,7 @@ lint: install  ## ruff
 	$(BIN)/ruff check bench models exporters tests
 
 perf: install  ## harness overhead, roofline, export time and memory of the 330M pair on CPU (~8 min)
-	$(BIN)/python -m slmbench.perf --model mu-330m --model deconly-330m --runtime onnxruntime --runtime openvino
+	$(BIN)/python -m slmbench.tools.perf --model mu-330m --model deconly-330m --runtime onnxruntime --runtime openvino
 
 clean:  ## remove the virtualenv and caches (not results, not the artifact cache)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -252,10 +252,10 @@ def run(model_names, device, runtimes, precision, input_len, output_len, batch, 
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from slmbench.benchmark import run_benchmark
     from slmbench.config import RunSettings, plan
-    from slmbench.display import pair_ratios, ratio_table, runtime_table, summary_table
+    from slmbench.core.benchmark import run_benchmark
     from slmbench.models import resolve_model
+    from slmbench.report.terminal import pair_ratios, ratio_table, runtime_table, summary_table
     from slmbench.results import append_rows, check_writable
 
     settings = RunSettings(batch=batch, input_len=input_len, output_len=output_len, warmup=warmup,
@@ -374,9 +374,9 @@ def sweep(sweep_file, results, force, timeout, memory_limit, inject_fault, cache
       slmbench sweep paper-cpu                   # -> results/paper-cpu/results.jsonl
       slmbench sweep my-grid.toml --results results/mine.jsonl --timeout 600
     """
-    from slmbench.display import pair_ratios, ratio_table, summary_table
-    from slmbench.sweep import check_memory_limit, check_timeout, load_sweep
-    from slmbench.sweep_run import RichSweepProgress, SweepInterrupted, run_sweep
+    from slmbench.report.terminal import pair_ratios, ratio_table, summary_table
+    from slmbench.sweep.files import check_memory_limit, check_timeout, load_sweep
+    from slmbench.sweep.run import RichSweepProgress, SweepInterrupted, run_sweep
 
     if timeout is not None:
         check_timeout(timeout)
@@ -416,7 +416,7 @@ def report(results_paths, out, title):
       slmbench report results/paper-cpu/results.jsonl --out results/paper-cpu/report
       slmbench report results/ --out results/report
     """
-    from slmbench.report import build_report, print_summary
+    from slmbench.report.markdown import build_report, print_summary
 
     built = build_report(results_paths, out, title)
     print_summary(_console(), built)
@@ -473,13 +473,13 @@ def compare(paths, base_rev, rounds, sweep_file, noise_study, record_baseline, t
       slmbench compare old.jsonl new.jsonl --threshold ttft_s=1.2 --fail-on-regression
       slmbench compare base.jsonl cand.jsonl --gate same-run --allow-env-mismatch
     """
-    from slmbench.compare import compare as run_compare
-    from slmbench.compare import compare_rows, parse_thresholds
     from slmbench.errors import InvalidOption
+    from slmbench.gate.compare import compare as run_compare
+    from slmbench.gate.compare import compare_rows, parse_thresholds
 
     console = _console()
     if record_baseline or base_rev or noise_study:
-        from slmbench import ab
+        from slmbench.gate import ab
 
         if paths:
             raise InvalidOption("give either BASELINE CANDIDATE or --base-rev / --record-baseline / --noise-study, "
@@ -521,7 +521,7 @@ def compare(paths, base_rev, rounds, sweep_file, noise_study, record_baseline, t
 
 
 def _print_verdict(console, report, gate: str, title: str, fail_on_regression: bool) -> None:
-    from slmbench.compare import comparison_table, context_line
+    from slmbench.gate.compare import comparison_table, context_line
 
     if report.env_differences:
         console.print("[yellow]measured on another machine than the baseline; only same-run ratios are compared:"
@@ -573,7 +573,7 @@ def overhead(model_names, device, precision, input_len, output_len, threads, war
     from slmbench.config import RunSettings
     from slmbench.errors import InvalidOption
     from slmbench.models import resolve_model
-    from slmbench.overhead import measure_overhead, overhead_table
+    from slmbench.tools.overhead import measure_overhead, overhead_table
 
     if threads is not None and threads <= 0:
         raise InvalidOption(f"--threads must be a positive integer, got {threads}")

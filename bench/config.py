@@ -4,7 +4,7 @@ One model on one runtime and device, at one precision, batch and lengths, with i
 settings, thread count and every runtime option that changes speed (the OpenVINO mode, KV-cache
 precision, static capacities). `slmbench run`, sweep expansion, the sweep worker, `overhead`,
 `perf` and `gpu_check` all build one of these, so a row measured by any of them carries the same
-key for the same thing. Where it was measured is the machine's identity (slmbench.environment),
+key for the same thing. Where it was measured is the machine's identity (slmbench.host.environment),
 never part of the key: resume, report and gate match on (machine, key).
 """
 
@@ -97,7 +97,7 @@ class RunConfig:
     settings: RunSettings
     threads: int
     options: tuple[tuple[str, Scalar], ...] = ()
-    loop: str | None = None  # harness-overhead rows: "harness" or "bare" (slmbench.overhead)
+    loop: str | None = None  # harness-overhead rows: "harness" or "bare" (slmbench.tools.overhead)
     _key: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

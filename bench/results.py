@@ -16,9 +16,9 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-from slmbench.environment import machine_of
+from slmbench.core.metrics import ROW_METRICS
 from slmbench.errors import BenchError
-from slmbench.metrics import ROW_METRICS
+from slmbench.host.environment import machine_of
 from slmbench.rows import from_json, to_json
 
 DEFAULT_RESULTS = Path("results") / "results.jsonl"

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import asdict
 
 from slmbench.config import RunConfig, RunSettings
-from slmbench.environment import environment, machine_identity
+from slmbench.host.environment import environment, machine_identity
 
 SCHEMA = 2
 
@@ -27,7 +27,7 @@ FIELDS: dict[str, str] = {
     "timestamp": "when the row was made (local time, ISO 8601)",
     "key": "the configuration key (slmbench.config.RunConfig.key); not the machine",
     "config": "the RunConfig as a dict (None for schema-1 rows whose key it cannot reproduce)",
-    "machine": "{id, name}: the measuring machine's fingerprint and readable name (slmbench.environment)",
+    "machine": "{id, name}: the measuring machine's fingerprint and readable name (slmbench.host.environment)",
     "status": "ok or failed",
     "error": "why a failed row failed (one line); None when ok",
     "failure": "a failed row's diagnosis: kind, exit code, log tail, memory",
@@ -60,7 +60,7 @@ FIELDS: dict[str, str] = {
     "cold": "raw timestamps of the cold generation", "warmup_count": "warm-up generations, not measured",
     "warnings": "what a reader must see (noisy metrics, a run that competed for the CPU)",
     "contention": "over the warm repetitions: wall, own and others' CPU seconds, steal, involuntary switches, "
-                  "others' and steal fractions of the allowed CPUs' time (slmbench.contention)",
+                  "others' and steal fractions of the allowed CPUs' time (slmbench.host.contention)",
     "artifact": "the artifact measured: key, path, format, spec hash, opset, parity, weight bytes",
     "environment": "host, CPU, cores, memory, kernel, huge pages, Python, packages, slmbench commit",
     "compared_with": "labels of the other rows of this run",

@@ -186,12 +186,12 @@ class StatefulSession:
         return self.request.get_tensor(self._logits).data.copy()
 
     def bare_generate(self, input_ids: np.ndarray, output_len: int, start_token: int):
-        """The floor for harness overhead (slmbench.overhead): the same requests, tensors and
+        """The floor for harness overhead (slmbench.tools.overhead): the same requests, tensors and
         buffers as encode/decode, driven by a plain loop of OpenVINO's own calls. Keep in step
         with decode(). Returns (Repetition, tokens) with raw timestamps."""
         import time
 
-        from slmbench.measure import Repetition
+        from slmbench.core.measure import Repetition
 
         self.start(input_ids, output_len)
         request, clock, step = self.request, time.perf_counter_ns, self._step

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from slmbench import ab
 from slmbench.cli import cli
-from slmbench.compare import compare_rows
 from slmbench.errors import InvalidOption
+from slmbench.gate import ab
+from slmbench.gate.compare import compare_rows
 
 REPO = Path(__file__).resolve().parents[1]
 SLOW_STEP = (
@@ -118,7 +118,7 @@ def test_bad_gate_input_is_one_line_and_exit_2(args, message, monkeypatch):
 
 
 def test_thresholds_inside_the_machines_noise_band_are_refused(tmp_path):
-    from slmbench.compare import Comparison, Report, parse_thresholds
+    from slmbench.gate.compare import Comparison, Report, parse_thresholds
 
     a_a = [Report([Comparison("p", "ed_do_ttft", "no change", ratio=r), Comparison("q", "ttft_s", "no change",
                                                                                    ratio=1.3)], [], [], [])

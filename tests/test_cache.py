@@ -8,10 +8,10 @@ import warnings
 import pytest
 from click.testing import CliRunner
 
-from slmbench import benchmark
-from slmbench.child import ChildDied, in_fresh_process
 from slmbench.cli import cli
 from slmbench.config import RunConfig
+from slmbench.core import benchmark
+from slmbench.core.child import ChildDied, in_fresh_process
 from slmbench.exporters.artifact import ArtifactError, NotCached, cached_only, prune_cache
 from slmbench.exporters.onnx import onnx_artifact
 from slmbench.models import resolve_model

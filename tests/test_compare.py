@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy.stats import mannwhitneyu
 
-from slmbench.compare import (
+from slmbench.errors import InvalidOption
+from slmbench.gate.compare import (
     ALPHA,
     EnvMismatch,
     compare_rows,
@@ -16,7 +17,6 @@ from slmbench.compare import (
     parse_thresholds,
     smallest_p,
 )
-from slmbench.errors import InvalidOption
 
 # --- the test itself -------------------------------------------------------------------------
 
@@ -206,7 +206,7 @@ def test_compare_help_names_every_metric_a_threshold_accepts():
     from click.testing import CliRunner
 
     from slmbench.cli import cli
-    from slmbench.compare import METRICS
+    from slmbench.gate.compare import METRICS
 
     text = " ".join(CliRunner().invoke(cli, ["compare", "--help"]).output.split())
     assert all(name in text for name in METRICS), text

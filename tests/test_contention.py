@@ -7,11 +7,11 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from slmbench import contention
-from slmbench.benchmark import run_benchmark
 from slmbench.cli import cli
 from slmbench.config import RunSettings, plan
-from slmbench.contention import Snapshot, Tally
+from slmbench.core.benchmark import run_benchmark
+from slmbench.host import contention
+from slmbench.host.contention import Snapshot, Tally
 
 SETTINGS = RunSettings(input_len=16, output_len=8, warmup=1, min_reps=5, min_time_s=1.5)
 
@@ -65,8 +65,8 @@ def test_a_run_under_load_is_flagged_and_require_quiet_refuses(cache_dir, load, 
 def test_the_bandwidth_ceiling_is_stored_per_machine_and_threads_only_when_quiet(tmp_path, monkeypatch):
     import json
 
-    from slmbench import roofline
-    from slmbench.environment import this_machine
+    from slmbench.host import roofline
+    from slmbench.host.environment import this_machine
 
     calls = []
     monkeypatch.setattr(roofline, "measure_bandwidth", lambda threads, **kw: calls.append(threads) or {
@@ -84,7 +84,7 @@ def test_the_bandwidth_ceiling_is_stored_per_machine_and_threads_only_when_quiet
 
 
 def test_the_ceiling_takes_the_best_read_kernel_and_names_it():
-    from slmbench.roofline import measure_bandwidth
+    from slmbench.host.roofline import measure_bandwidth
 
     found = measure_bandwidth(1, megabytes=64, trials=1)
     assert found["method"] in found["kernels"] and "onnxruntime_matvec" in found["kernels"]
@@ -93,7 +93,7 @@ def test_the_ceiling_takes_the_best_read_kernel_and_names_it():
 
 def _fake_bandwidth(monkeypatch, readings):
     """host_bandwidth over scripted readings (bytes/s, in turn) on a quiet machine."""
-    from slmbench import roofline
+    from slmbench.host import roofline
 
     calls = []
 
@@ -106,7 +106,7 @@ def _fake_bandwidth(monkeypatch, readings):
 
 
 def test_the_stored_ceiling_is_the_best_quiet_reading_and_counts_them(tmp_path, monkeypatch):
-    from slmbench.roofline import host_bandwidth
+    from slmbench.host.roofline import host_bandwidth
 
     calls = _fake_bandwidth(monkeypatch, [40e9, 35e9, 45e9])
     cache = tmp_path / "artifacts"
@@ -119,8 +119,8 @@ def test_the_stored_ceiling_is_the_best_quiet_reading_and_counts_them(tmp_path, 
 
 
 def test_a_decode_above_its_ceiling_remeasures_and_is_marked_if_still_above(tmp_path, monkeypatch):
+    from slmbench.host.roofline import decode_bytes_per_token, row_roofline
     from slmbench.models.presets import get_preset
-    from slmbench.roofline import decode_bytes_per_token, row_roofline
 
     cfg = get_preset("deconly-330m")
     need = decode_bytes_per_token(cfg, "fp32", position=512 + 32)["bytes_per_token"]
@@ -136,7 +136,7 @@ def test_a_decode_above_its_ceiling_remeasures_and_is_marked_if_still_above(tmp_
 
 
 def test_a_model_that_fits_in_the_cache_has_no_bandwidth_ceiling(tmp_path, monkeypatch):
-    from slmbench import roofline
+    from slmbench.host import roofline
     from slmbench.models.presets import get_preset
 
     calls = _fake_bandwidth(monkeypatch, [])

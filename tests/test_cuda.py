@@ -1,6 +1,6 @@
 """CUDA on a machine without a GPU: the silent CPU fallback is refused, an absent GPU is one line
 and exit 2, provenance parsing is right; the GPU tests themselves are marked and skip with the
-reason. `bench/gpu_check.py` (the script for a lent GPU machine) is run here in its CPU mode."""
+reason. `bench/tools/gpu_check.py` (the script for a lent GPU machine) is run here in its CPU mode."""
 
 import subprocess
 import sys
@@ -198,7 +198,7 @@ def test_gpu_check_script_runs_from_source_in_cpu_mode(tmp_path):
     args = ["--device", "cpu", "--models", "mu-tiny,deconly-tiny", "--precisions", "fp32,bf16", "-i", "12",
             "-o", "4", "--warmup", "0", "--min-reps", "2", "--min-time", "0",
             "--check-models", "deconly-tiny", "--results", str(results)]
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), *args], capture_output=True,
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "tools" / "gpu_check.py"), *args], capture_output=True,
                           text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -215,7 +215,7 @@ def test_gpu_check_script_runs_from_source_in_cpu_mode(tmp_path):
 
 @no_gpu_here
 def test_gpu_check_script_without_a_gpu_is_one_line_and_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py")], capture_output=True,
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "tools" / "gpu_check.py")], capture_output=True,
                           text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
@@ -252,8 +252,8 @@ def test_torch_cuda_fp32_matches_cpu(name):
 @gpu
 @needs_torch_cuda
 def test_torch_cuda_rows_carry_device_provenance(tmp_path, quick_settings, cache_dir):
-    from slmbench.benchmark import run_benchmark
     from slmbench.config import plan
+    from slmbench.core.benchmark import run_benchmark
 
     specs = [resolve_model("mu-tiny"), resolve_model("deconly-tiny")]
     rows = run_benchmark(plan([s.name for s in specs], "cuda", ["torch"], "fp16", quick_settings),
@@ -268,7 +268,7 @@ def test_torch_cuda_rows_carry_device_provenance(tmp_path, quick_settings, cache
 @gpu
 @needs_ort_cuda
 def test_onnxruntime_cuda_matches_torch_cpu(tiny_onnx):
-    from slmbench.measure import generate
+    from slmbench.core.measure import generate
 
     for name in ("mu-tiny", "deconly-tiny"):
         cfg = resolve_model(name).config

@@ -3,8 +3,8 @@
 import pytest
 
 from slmbench import runners
-from slmbench.benchmark import run_benchmark
 from slmbench.config import RunSettings, plan
+from slmbench.core.benchmark import run_benchmark
 from slmbench.errors import DeviceUnavailable
 from slmbench.runners.onnxruntime import OnnxRuntimeRunner, check_provider
 

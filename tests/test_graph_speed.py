@@ -13,7 +13,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from slmbench.exporters.fold_shapes import fold_reshape_shapes
-from slmbench.hugepages import back_with_huge_pages, thp_mode
+from slmbench.host.hugepages import back_with_huge_pages, thp_mode
 from slmbench.models import resolve_model
 from slmbench.models.blocks import Rotary, apply_rotary
 
@@ -117,7 +117,10 @@ def test_loaded_memory_is_moved_to_huge_pages_or_the_reason_is_recorded():
     if result["status"] != "collapsed" and "Invalid argument" in result.get("errors", ["Invalid argument"]):
         pytest.skip(f"no MADV_COLLAPSE here: {result}")
     assert result["status"] == "collapsed", result
-    assert _huge_bytes_in(buf) >= before + (32 << 20)  # most of the 64 MiB buffer at least
+    gained = _huge_bytes_in(buf) - before
+    # Most of the 64 MiB buffer at least, unless the kernel had no free huge pages (a fragmented
+    # machine late in a test session): then the refusal and its reason are what the row records.
+    assert gained >= 32 << 20 or (result["refused_bytes"] > 0 and result["errors"]), (gained, result)
     assert bytes(buf[:4]) == b"\x01" * 4  # contents survive the move
     again = back_with_huge_pages()
     assert again["collapsed_bytes"] < result["collapsed_bytes"]  # only new small-page memory is touched
@@ -130,8 +133,8 @@ def test_huge_pages_can_be_turned_off(monkeypatch):
 
 
 def test_every_row_says_what_happened_to_huge_pages(tmp_path, quick_settings):
-    from slmbench.benchmark import run_benchmark
     from slmbench.config import plan
+    from slmbench.core.benchmark import run_benchmark
 
     row = run_benchmark(plan(["deconly-tiny"], "cpu", ["onnxruntime"], settings=quick_settings),
                         results=tmp_path / "r.jsonl", log=lambda m: None)[0]

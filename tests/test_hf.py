@@ -123,8 +123,8 @@ def test_cached_steps_match_the_models_own_forward(built, kind):
 
 @pytest.mark.parametrize("kind", sorted(SUPPORTED))
 def test_export_parity_and_run(built, cache_dir, kind):
-    from slmbench.benchmark import run_benchmark
     from slmbench.config import RunSettings, plan
+    from slmbench.core.benchmark import run_benchmark
 
     spec, _ = built(kind)
     artifact, _ = onnx_artifact(spec, cache_dir=cache_dir)
@@ -150,8 +150,8 @@ def test_export_parity_and_run(built, cache_dir, kind):
 def test_openvino_stateful_parity_and_run(built, cache_dir, kind):
     """The OpenVINO IR is made from the same ONNX artifact, stateful, with its own parity check."""
     pytest.importorskip("openvino")
-    from slmbench.benchmark import run_benchmark
     from slmbench.config import RunSettings, plan
+    from slmbench.core.benchmark import run_benchmark
     from slmbench.exporters.openvino import openvino_artifact
 
     spec, _ = built(kind)

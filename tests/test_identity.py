@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from slmbench.analysis import build
 from slmbench.cli import cli
-from slmbench.compare import env_differences
 from slmbench.config import RunConfig, RunSettings, check_one_run
-from slmbench.environment import environment, machine_identity, machine_of, this_machine
+from slmbench.core.metrics import same_run_pairs
 from slmbench.errors import InvalidOption
-from slmbench.metrics import same_run_pairs
+from slmbench.gate.compare import env_differences
+from slmbench.host.environment import environment, machine_identity, machine_of, this_machine
+from slmbench.report.frames import build
 from slmbench.results import ResultsError, append_rows, read_rows
 from slmbench.rows import FIELDS, SCHEMA, RowError, failed_row, measured_row
-from slmbench.sweep import parse_sweep
-from slmbench.sweep_run import completed_keys, run_sweep
+from slmbench.sweep.files import parse_sweep
+from slmbench.sweep.run import completed_keys, run_sweep
 
 COMMITTED = Path(__file__).resolve().parents[1] / "results"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from slmbench.core.measure import generate
 from slmbench.errors import InvalidOption
 from slmbench.exporters import parity
 from slmbench.exporters.artifact import ArtifactError
@@ -20,7 +21,6 @@ from slmbench.exporters.static import (
     npuw_inputs,
     static_parity,
 )
-from slmbench.measure import generate
 from slmbench.models import resolve_model
 from slmbench.runners import openvino as ovr
 from slmbench.runners.openvino import OpenVinoRunner

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from slmbench.cli import cli
+from slmbench.core.measure import generate
 from slmbench.errors import DeviceUnavailable, InvalidOption
 from slmbench.exporters import parity
 from slmbench.exporters.artifact import ArtifactError
 from slmbench.exporters.openvino import StatefulSession, openvino_artifact, session_step_logits
-from slmbench.measure import generate
 from slmbench.models import resolve_model
 from slmbench.runners import openvino as ovr
 from slmbench.runners import select_runner
@@ -363,8 +363,8 @@ def test_cli_export_openvino(cache_dir):
 def test_bare_loop_does_the_same_work_as_the_harness(name, cache_dir):
     """The harness-overhead floor on OpenVINO: same tokens as the harness (measure_overhead checks)."""
     from slmbench.config import RunSettings
-    from slmbench.overhead import measure_overhead, overhead_ratios
     from slmbench.runners.openvino import OpenVinoRunner
+    from slmbench.tools.overhead import measure_overhead, overhead_ratios
 
     rows = measure_overhead(resolve_model(name), RunSettings(input_len=12, output_len=5, min_reps=3, min_time_s=0),
                             "cpu", 1, "fp32", cache_dir, None, OpenVinoRunner, log=lambda m: None)

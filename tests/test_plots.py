@@ -12,7 +12,7 @@ import pytest
 from matplotlib.colors import to_rgba
 from matplotlib.container import BarContainer, ErrorbarContainer
 
-from slmbench import plots
+from slmbench.report import plots
 
 ED, DO = "encoder-decoder", "decoder-only"
 PAIR = {"mu-330m": ED, "deconly-330m": DO}

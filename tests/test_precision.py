@@ -27,8 +27,8 @@ STORED = {("onnxruntime", "fp16"): "fp16", ("onnxruntime", "int8"): "int8",
 @pytest.fixture(scope="module")
 def runs(cache_dir):
     """(runtime, precision) -> {model: row}, measured on first use."""
-    from slmbench.benchmark import run_benchmark
     from slmbench.config import RunSettings, plan
+    from slmbench.core.benchmark import run_benchmark
 
     done: dict = {}
     settings = RunSettings(input_len=8, output_len=4, warmup=0, min_reps=1, min_time_s=0.0)
@@ -161,7 +161,7 @@ def test_fp32_parity_fails_hard_low_precision_records_and_nan_fails():
 
 
 def test_sweep_leaves_out_unsupported_precision_runtime_pairs(tmp_path):
-    from slmbench.sweep import SweepFileError, expand, load_sweep
+    from slmbench.sweep.files import SweepFileError, expand, load_sweep
 
     text = """name = "prec"
 [grid]
@@ -183,8 +183,8 @@ output_lens = [4]
 
 
 def test_report_shows_the_accuracy_of_each_precision(runs):
-    from slmbench.analysis import build
-    from slmbench.report import accuracy_rows
+    from slmbench.report.frames import build
+    from slmbench.report.markdown import accuracy_rows
 
     rows = [r for p in P.PRECISIONS for r in runs("onnxruntime", p).values()]
     table = accuracy_rows(build(rows))

@@ -14,14 +14,14 @@ import pytest
 from click.testing import CliRunner
 
 from slmbench.cli import cli
-from slmbench.compare import compare, compare_rows
 from slmbench.config import RunConfig, RunSettings
-from slmbench.environment import environment
-from slmbench.measure import Subject, generate, make_inputs, measure
+from slmbench.core.measure import Subject, generate, make_inputs, measure
+from slmbench.gate.compare import compare, compare_rows
+from slmbench.host.environment import environment
 from slmbench.models import resolve_model
-from slmbench.overhead import measure_overhead, overhead_ratios
 from slmbench.results import append_row
 from slmbench.runners.onnxruntime import OnnxRuntimeRunner
+from slmbench.tools.overhead import measure_overhead, overhead_ratios
 
 SETTINGS = RunSettings(input_len=32, output_len=16, warmup=1, min_reps=24, min_time_s=0.0)
 MODELS = ("mu-tiny", "deconly-tiny")

@@ -8,23 +8,23 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from slmbench.analysis import build, rep_metrics
 from slmbench.cli import cli
-from slmbench.environment import machine_identity
-from slmbench.plots import FIGURES
-from slmbench.report import build_report
+from slmbench.core.stats import ratio_ci
+from slmbench.host.environment import machine_identity
+from slmbench.report.frames import build, rep_metrics
+from slmbench.report.markdown import build_report
+from slmbench.report.plots import FIGURES
 from slmbench.results import append_row, read_rows
-from slmbench.stats import ratio_ci
 
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory, cache_dir):
     """Real rows: the tiny pair measured interleaved at two input lengths, plus one failed row."""
-    from slmbench.benchmark import run_benchmark
     from slmbench.config import RunSettings, plan
+    from slmbench.core.benchmark import run_benchmark
     from slmbench.models import resolve_model
-    from slmbench.sweep import parse_sweep
-    from slmbench.sweep_run import failed_rows
+    from slmbench.sweep.files import parse_sweep
+    from slmbench.sweep.run import failed_rows
 
     folder = tmp_path_factory.mktemp("report")
     results = folder / "rows.jsonl"
@@ -139,8 +139,8 @@ def test_cli_report_without_rows_is_one_line_exit_2(tmp_path):
 def test_prefill_rate_is_fitted_from_ttft_against_input_length():
     import pandas as pd
 
-    from slmbench.analysis import ReportData
-    from slmbench.report import prefill_rate_rows
+    from slmbench.report.frames import ReportData
+    from slmbench.report.markdown import prefill_rate_rows
 
     # TTFT = 0.2 s + input / 400 tok/s, measured at three lengths
     configs = pd.DataFrame({"model": "m", "series": "m", "runtime": "onnxruntime", "platform": "cpu",
@@ -157,8 +157,8 @@ def test_prefill_rate_is_fitted_from_ttft_against_input_length():
 def test_a_fraction_above_the_ceiling_is_never_printed_without_saying_why():
     import pandas as pd
 
-    from slmbench.analysis import ReportData
-    from slmbench.report import roofline_rows
+    from slmbench.report.frames import ReportData
+    from slmbench.report.markdown import roofline_rows
 
     roof = {"bytes_per_token": 1.35e9, "read_bandwidth_bytes_per_s": 26.5e9, "ceiling_tokens_per_s": 19.7}
     rows = [{"model": "m", "runtime": "onnxruntime", "precision": "fp32", "input_len": 512, "output_len": 128,

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from slmbench.benchmark import run_benchmark
 from slmbench.config import RunSettings, plan
-from slmbench.measure import Repetition
+from slmbench.core.benchmark import run_benchmark
+from slmbench.core.measure import Repetition
 from slmbench.models import resolve_model
 from slmbench.results import load_results, read_rows
 
@@ -83,7 +83,7 @@ def test_load_results_dataframe(rows):
 
 
 def test_generation_is_deterministic_and_fixed_length(cache_dir):
-    from slmbench.measure import generate, make_inputs
+    from slmbench.core.measure import generate, make_inputs
     from slmbench.runners.onnxruntime import OnnxRuntimeRunner
 
     runner = OnnxRuntimeRunner("cpu", threads=1)
@@ -125,8 +125,8 @@ def test_runtimes_side_by_side_in_one_interleaved_run(tmp_path, cache_dir):
 def test_run_length_from_ci_width(cache_dir):
     """--target-ci: never stops before a 95% CI of the median exists (6 repetitions, even with
     min_reps 3); an unreachable target runs to max_reps."""
+    from slmbench.core.measure import ci_is_tight
     from slmbench.errors import InvalidOption
-    from slmbench.measure import ci_is_tight
 
     steady = [Repetition([0, 1000, 2000, 3000]) for _ in range(6)]
     assert not ci_is_tight(steady[:5], 0.5) and ci_is_tight(steady, 0.5)  # 5 values have no 95% CI

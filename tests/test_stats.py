@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from slmbench.stats import bootstrap_median_ci, is_noisy, summarize
+from slmbench.core.stats import bootstrap_median_ci, is_noisy, summarize
 
 
 def test_summary_of_known_values():
@@ -29,7 +29,7 @@ def test_noise_flag():
 
 
 def test_median_ci_exists_from_six_values_and_covers_the_median():
-    from slmbench.stats import median_ci
+    from slmbench.core.stats import median_ci
 
     assert median_ci([1.0, 2.0, 3.0, 4.0, 5.0]) is None  # [min, max] of 5 covers only 93.75%
     assert median_ci([3.0, 1.0, 2.0, 6.0, 5.0, 4.0]) == (1.0, 6.0)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from slmbench.results import read_rows
-from slmbench.sweep import SweepFileError, load_sweep, model_units, parse_sweep, shipped_sweeps
-from slmbench.sweep_run import run_sweep
+from slmbench.sweep.files import SweepFileError, load_sweep, model_units, parse_sweep, shipped_sweeps
+from slmbench.sweep.run import run_sweep
 
 TINY_GRID = {"models": ["mu-tiny", "deconly-tiny"], "input_lens": [16, 32], "output_lens": [6]}
 FAST = {"warmup": 0, "min_reps": 2, "min_time_s": 0.0, "max_reps": 5}
@@ -194,7 +194,7 @@ def test_runner_options_are_per_runtime_and_fill_what_run_would(tmp_path):
 def test_allowed_runtimes_do_not_depend_on_registry_order(monkeypatch):
     """A runtime registered late (or re-registered) must not reorder the names error messages list."""
     from slmbench import runners
-    from slmbench.sweep import known_runtimes
+    from slmbench.sweep.files import known_runtimes
 
     before = known_runtimes()
     cls = runners.RUNNERS["onnxruntime"]

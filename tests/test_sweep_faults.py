@@ -14,8 +14,8 @@ import psutil
 import pytest
 
 from slmbench.results import read_rows
-from slmbench.sweep import parse_sweep
-from slmbench.sweep_run import run_sweep
+from slmbench.sweep.files import parse_sweep
+from slmbench.sweep.run import run_sweep
 
 FAST = {"warmup": 0, "min_reps": 2, "min_time_s": 0.0, "max_reps": 4}
 GRID = {"models": ["mu-tiny", "deconly-tiny"], "input_lens": [16, 24, 32], "output_lens": [6]}
@@ -160,7 +160,7 @@ def test_interrupt_keeps_completed_rows_drops_the_partial_one_and_resume_finishe
             not [
                 c
                 for c in psutil.Process(proc.pid).children(recursive=True)
-                if "slmbench.worker" in " ".join(c.cmdline())
+                if "slmbench.sweep.worker" in " ".join(c.cmdline())
             ]
             and time.monotonic() < deadline
         ):
@@ -202,7 +202,7 @@ def test_a_worker_dies_with_its_sweep_even_when_the_sweep_is_killed(tmp_path, ca
         deadline, workers = time.monotonic() + 60, []
         while not workers and time.monotonic() < deadline:
             workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
-                       if "slmbench.worker" in " ".join(c.cmdline())]
+                       if "slmbench.sweep.worker" in " ".join(c.cmdline())]
             time.sleep(0.1)
         assert workers, "the hanging configuration's process should be running"
         proc.kill()  # SIGKILL: the sweep gets no chance to clean up
@@ -217,7 +217,7 @@ def test_a_worker_dies_with_its_sweep_even_when_the_sweep_is_killed(tmp_path, ca
 
 
 def test_a_library_that_cannot_be_mapped_under_the_memory_limit_is_out_of_memory():
-    from slmbench.worker import is_out_of_memory
+    from slmbench.sweep.worker import is_out_of_memory
 
     exc = ImportError("libonnxruntime.so.1: failed to map segment from shared object")
     assert is_out_of_memory(exc) and not is_out_of_memory(ImportError("No module named 'onnxruntime'"))
@@ -240,7 +240,7 @@ def test_an_interrupt_under_heavy_load_ends_the_sweep_promptly(tmp_path, cache_d
         deadline, workers = time.monotonic() + 120, []
         while not workers and time.monotonic() < deadline:
             workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
-                       if "slmbench.worker" in " ".join(c.cmdline())]
+                       if "slmbench.sweep.worker" in " ".join(c.cmdline())]
             time.sleep(0.1)
         assert workers, "the hanging configuration's process should be running"
         time.sleep(1.0)
@@ -267,8 +267,8 @@ def test_an_interrupted_sweep_whose_clean_up_sticks_still_exits_130_with_the_sta
     sweep_file = tmp_path / "g.toml"
     sweep_file.write_text('name = "grace"\n[grid]\nmodels = ["deconly-tiny"]\ninput_lens = [16]\noutput_lens = [6]\n'
                           "[repetitions]\nwarmup = 0\nmin_reps = 2\nmin_time_s = 0.0\n[limits]\ntimeout_s = 300\n")
-    code = ("import sys, time\nfrom slmbench import cli, sweep_run\ncli.EXIT_GRACE_S = 2.0\n"
-            "sweep_run.RichSweepProgress.__exit__ = lambda self, *exc: time.sleep(3600)\n"
+    code = ("import sys, time\nfrom slmbench import cli\nfrom slmbench.sweep import run\ncli.EXIT_GRACE_S = 2.0\n"
+            "run.RichSweepProgress.__exit__ = lambda self, *exc: time.sleep(3600)\n"
             f"sys.argv = ['slmbench', 'sweep', {str(sweep_file)!r}, '--results', {str(tmp_path / 'r.jsonl')!r}, "
             f"'--cache-dir', {str(cache_dir)!r}]\ncli.main()\n")
     env = dict(os.environ, SLMBENCH_INJECT_FAULT="hang@|in16|")
@@ -278,7 +278,7 @@ def test_an_interrupted_sweep_whose_clean_up_sticks_still_exits_130_with_the_sta
         deadline, workers = time.monotonic() + 120, []
         while not workers and time.monotonic() < deadline:
             workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
-                       if "slmbench.worker" in " ".join(c.cmdline())]
+                       if "slmbench.sweep.worker" in " ".join(c.cmdline())]
             time.sleep(0.1)
         assert workers
         time.sleep(0.5)

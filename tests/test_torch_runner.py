@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pytest
 
-from slmbench.benchmark import run_benchmark
 from slmbench.config import plan
+from slmbench.core.benchmark import run_benchmark
+from slmbench.core.measure import generate
 from slmbench.errors import InvalidOption
 from slmbench.exporters.parity import parity_inputs
-from slmbench.measure import generate
 from slmbench.models import resolve_model
 from slmbench.runners.onnxruntime import OnnxRuntimeRunner
 from slmbench.runners.torch import TorchRunner

@@ -15,7 +15,7 @@ from slmbench.config import LIMITS, RunSettings
 from slmbench.errors import InvalidOption
 from slmbench.models import PRESETS
 from slmbench.runners import DEVICES
-from slmbench.sweep import PRECISIONS, SweepFileError, known_runtimes, load_sweep, parse_sweep
+from slmbench.sweep.files import PRECISIONS, SweepFileError, known_runtimes, load_sweep, parse_sweep
 
 SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

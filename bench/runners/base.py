@@ -1,7 +1,7 @@
 """The runner contract: one runtime on one device.
 
 A runner prepares the artifact it needs, loads it, and offers the primitives the measurement loop
-is built on. The loop (slmbench.measure) owns timing; a runner owns synchronisation: `encode` and
+is built on. The loop (slmbench.core.measure) owns timing; a runner owns synchronisation: `encode` and
 `decode` return only when their work is finished and, for `decode`, the next token ids are on
 the host. A runner reports the device that really executed, and refuses a silent fallback.
 """

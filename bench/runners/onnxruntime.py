@@ -157,11 +157,11 @@ class OnnxRuntimeRunner(Runner):
         return outputs[1].numpy()
 
     def bare_generate(self, input_ids: np.ndarray, output_len: int, start_token: int = 0):
-        """The floor for harness overhead (slmbench.overhead): the generation measure.generate does,
+        """The floor for harness overhead (slmbench.tools.overhead): the generation measure.generate does,
         on the same session, binding and buffers, as a plain loop of ONNX Runtime's own calls with
         nothing of the harness between them. Its bindings must stay in step with decode().
         Returns (Repetition, tokens) with raw timestamps, like measure.generate."""
-        from slmbench.measure import Repetition
+        from slmbench.core.measure import Repetition
 
         self.start(input_ids, output_len)  # untimed per-request set-up, as for the harness
         b, run, clock = self.binding, self.decoder.run_with_iobinding, time.perf_counter_ns

@@ -71,7 +71,7 @@ def _versions() -> dict[str, str]:
 def environment() -> dict:
     import psutil
 
-    from slmbench.hugepages import thp_mode
+    from slmbench.host.hugepages import thp_mode
 
     try:
         affinity = sorted(os.sched_getaffinity(0))

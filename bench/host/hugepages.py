@@ -83,7 +83,7 @@ def _dense_ranges(lo: int, hi: int, pagemap) -> list[tuple[int, int]]:
 def _trim_heap(libc) -> int:
     """Give freed heap memory back to the kernel (glibc's malloc_trim): a runtime's load-time
     copies, freed but still resident, are not the model's memory. Returns the RSS released."""
-    from slmbench.memory import current_rss
+    from slmbench.host.memory import current_rss
 
     trim = getattr(libc, "malloc_trim", None)
     if trim is None:  # not glibc

@@ -11,14 +11,14 @@ Two kinds of metric:
   package versions match; across environments they are shown as not compared.
 - same-run ratios, taken repetition by repetition between rows measured interleaved in one run
   (rows sharing `group`): encoder-decoder / decoder-only TTFT and decode throughput, and harness /
-  bare runtime loop (slmbench.overhead). Machine drift hits both sides of such a ratio alike, so
+  bare runtime loop (slmbench.tools.overhead). Machine drift hits both sides of such a ratio alike, so
   these are what a CI gate compares across machines. Their decode side uses each repetition's
   median inter-token latency, which a time slice lost to another job on a shared machine moves
   far less than the mean (TPOT): measured here under load, the decode ratio drifted 25% between
   runs from TPOT and about 10% from the median ITL.
 
 Configurations are matched by `key`; when a side holds several ok rows with one key (or one pair),
-their repetitions are pooled: an A/B run (slmbench.ab) measures each side in several processes.
+their repetitions are pooled: an A/B run (slmbench.gate.ab) measures each side in several processes.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from slmbench.environment import fingerprint, machine_identity
+from slmbench.core.metrics import row_repetitions, same_run_pairs
 from slmbench.errors import BenchError, InvalidOption
-from slmbench.metrics import row_repetitions, same_run_pairs
+from slmbench.host.environment import fingerprint, machine_identity
 
 ALPHA = 0.002
 DEFAULT_THRESHOLD = 1.10
@@ -213,7 +213,7 @@ class Samples:
 
 def collect(rows: Iterable[dict]) -> Samples:
     """Every metric series the rows allow: absolute per key, same-run ratios per same-run pair
-    (slmbench.metrics.same_run_pairs) and per harness/bare overhead group."""
+    (slmbench.core.metrics.same_run_pairs) and per harness/bare overhead group."""
     rows = list(rows)
     out = Samples()
     reps: dict[int, list[dict]] = {}
@@ -267,7 +267,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def env_differences(baseline_env: dict, candidate_env: dict) -> list[str]:
-    """What differs in the machines' identities (slmbench.environment.fingerprint: host, CPU, cores,
+    """What differs in the machines' identities (slmbench.host.environment.fingerprint: host, CPU, cores,
     allowed CPUs, memory, kernel, huge pages, Python, packages), one 'field: baseline vs candidate' each."""
     a = _flat(fingerprint(baseline_env or {}))
     b = _flat(fingerprint(candidate_env or {}))
@@ -385,7 +385,7 @@ VERDICT_STYLE = {"regression": "bold red", "failed": "bold red", "improvement": 
 
 
 def _fmt(metric: str, value: float | None) -> str:
-    from slmbench.display import fmt_s
+    from slmbench.report.terminal import fmt_s
 
     if value is None:
         return "-"

@@ -9,7 +9,7 @@ Prints, for a model pair on CPU and each runtime that has a bare loop:
 - export time of the pair from an empty cache (goal < 3 min) and a cache hit (goal < 1 s);
 - peak RSS while generating, against the artifact's weight bytes (goal <= 1.5x), each model in
   its own process so nothing else is counted;
-- how much of the process sat on huge pages after the load (slmbench.hugepages).
+- how much of the process sat on huge pages after the load (slmbench.host.hugepages).
 Figures are printed and appended as one JSON line to --out. Speed claims live here, not in tests.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import click
 
-from slmbench.child import in_fresh_process
+from slmbench.core.child import in_fresh_process
 
 GOALS = {"overhead": 1.03, "roofline": 0.8, "export_s": 180.0, "cache_hit_s": 1.0, "rss_ratio": 1.5}
 
@@ -88,18 +88,18 @@ def main(models, runtimes, input_len, output_len, threads, min_reps, out, cache_
 
     \b
     Example:
-      python -m slmbench.perf -m mu-330m -m deconly-330m -r onnxruntime -r openvino
+      python -m slmbench.tools.perf -m mu-330m -m deconly-330m -r onnxruntime -r openvino
     """
     from rich.console import Console
     from rich.table import Table
 
     from slmbench.config import RunSettings
-    from slmbench.environment import environment, this_machine
+    from slmbench.host.environment import environment, this_machine
+    from slmbench.host.roofline import host_bandwidth, row_roofline
     from slmbench.models import resolve_model
-    from slmbench.overhead import measure_overhead, overhead_ratios
-    from slmbench.roofline import host_bandwidth, row_roofline
     from slmbench.runners import RUNNERS
     from slmbench.runners.base import default_threads
+    from slmbench.tools.overhead import measure_overhead, overhead_ratios
 
     console = Console(width=160)
     threads = threads or default_threads()

@@ -1,11 +1,11 @@
 """Harness overhead: the harness's generation loop against a bare loop of the runtime's own calls.
 
 A latency harness must measure the model, not itself. On one loaded runner (same session, same
-bindings and buffers) this alternates harness repetitions (slmbench.measure.generate over the
+bindings and buffers) this alternates harness repetitions (slmbench.core.measure.generate over the
 runner's primitives) with bare ones (the runner's `bare_generate`: the runtime's calls in a plain
 loop), in a shuffled order each round so neither side always runs first. Both record the same
 raw timestamps, so the same metrics apply; harness / bare per repetition is a same-run ratio
-that holds across machines, which is what the regression gate compares (slmbench.compare:
+that holds across machines, which is what the regression gate compares (slmbench.gate.compare:
 overhead_ttft, and overhead_step from each repetition's median inter-token latency).
 
 Two rows come out, sharing a `group`: `loop` = "harness" and "bare", both with `overhead_of` =
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from slmbench.benchmark import prepare_and_load, result_row
 from slmbench.config import RunConfig, RunSettings
-from slmbench.environment import environment
+from slmbench.core.benchmark import prepare_and_load, result_row
+from slmbench.core.measure import Subject, generate, make_inputs, measure
 from slmbench.errors import InvalidOption
-from slmbench.measure import Subject, generate, make_inputs, measure
+from slmbench.host.environment import environment
 from slmbench.results import append_rows, check_writable
 
 
@@ -79,7 +79,7 @@ def measure_overhead(spec, settings: RunSettings | None = None, device: str = "c
 def overhead_ratios(rows: list[dict]) -> list[dict]:
     """Per model: median of the per-repetition harness / bare ratios of TTFT and of the decode step
     (median inter-token latency)."""
-    from slmbench.compare import collect
+    from slmbench.gate.compare import collect
 
     samples = collect(rows)
     out = []
@@ -102,7 +102,7 @@ def overhead_ratios(rows: list[dict]) -> list[dict]:
 def overhead_table(rows: list[dict]):
     from rich.table import Table
 
-    from slmbench.display import fmt_s
+    from slmbench.report.terminal import fmt_s
 
     table = Table(title="harness overhead: harness loop vs bare runtime loop (same session, interleaved; "
                         "ratio = median of per-repetition harness/bare; goal <= 1.03x)", title_justify="left")

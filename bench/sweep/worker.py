@@ -1,6 +1,6 @@
-"""One sweep configuration in its own process: `python -m slmbench.worker JOB.json`.
+"""One sweep configuration in its own process: `python -m slmbench.sweep.worker JOB.json`.
 
-The parent (slmbench.sweep_run) owns the results file. This process measures, then writes its
+The parent (slmbench.sweep.run) owns the results file. This process measures, then writes its
 complete rows, or the error that stopped it, to the job's `out` file in one atomic rename, so a
 crash, hang or kill can never leave a partial row anywhere. Progress goes to stdout as
 `@progress <model> <repetitions>` lines, its own log as `@log ...` lines; anything else there is
@@ -82,8 +82,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def run_job(job: dict) -> list[dict]:
-    from slmbench.benchmark import run_benchmark
     from slmbench.config import RunConfig
+    from slmbench.core.benchmark import run_benchmark
     from slmbench.runners import select_runner
 
     runs = [RunConfig.from_dict(r) for r in job["runs"]]

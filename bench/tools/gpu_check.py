@@ -2,8 +2,8 @@
 
 Runs from a checkout with no install (the lent machine has torch with CUDA, no slmbench):
 
-    python3 bench/gpu_check.py                                   # mu-330m vs deconly-330m on cuda
-    python3 bench/gpu_check.py --device cpu --models mu-tiny,deconly-tiny --precisions fp32,bf16 \\
+    python3 bench/tools/gpu_check.py                                   # mu-330m vs deconly-330m on cuda
+    python3 bench/tools/gpu_check.py --device cpu --models mu-tiny,deconly-tiny --precisions fp32,bf16 \\
         -i 16 -o 4 --min-reps 2 --min-time 0                     # the same logic, here, in seconds
 
 The installed package maps bench/ to `slmbench`, models/ to `slmbench.models` and so on
@@ -31,7 +31,7 @@ import time
 import traceback
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MAPPING = {"slmbench": "bench", "slmbench.runners": "bench/runners", "slmbench.models": "models",
                    "slmbench.exporters": "exporters"}
 FP32_TOLERANCE = 1e-4  # CUDA fp32 (no TF32) against CPU fp32; reductions differ in order only
@@ -66,7 +66,7 @@ def source_layout(repo: Path = REPO) -> Path:
 
 def use_source(repo: Path = REPO) -> Path:
     """Import `slmbench` from this checkout, never from bench/ as a top-level folder (running
-    `python bench/gpu_check.py` puts bench/ first on sys.path, where its modules would shadow)."""
+    `python bench/tools/gpu_check.py` puts bench/ first on sys.path, where its modules would shadow)."""
     here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     root = source_layout(repo)
@@ -160,7 +160,7 @@ def report(rows: list[dict]) -> list[dict]:
               f"decode {tps if tps is not None else float('nan'):9.1f} tok/s  "
               f"peak device {f'{peak / 2**20:8.1f} MiB' if peak else '-'}  "
               f"({summary['reps']} reps)", flush=True)
-    from slmbench.display import pair_ratios
+    from slmbench.report.terminal import pair_ratios
 
     for p in pair_ratios(rows):
         speed = p["throughput_ratio"]
@@ -174,8 +174,8 @@ def main(argv=None) -> int:
     use_source()
     import slmbench
     import slmbench.models
-    from slmbench.benchmark import run_benchmark
     from slmbench.config import RunSettings, plan
+    from slmbench.core.benchmark import run_benchmark
     from slmbench.errors import BenchError
     from slmbench.models import resolve_model
     from slmbench.runners import select_runner

@@ -360,7 +360,7 @@ def parse_sweep(data: dict, path: str = "", default_name: str = "sweep") -> Swee
 
 def shipped_sweeps() -> dict[str, Path]:
     """The sweep files shipped with slmbench, by name."""
-    folder = Path(__file__).resolve().parent / "sweeps"  # package data, beside this module
+    folder = Path(__file__).resolve().parent / "shipped"  # package data, beside this module
     return {p.stem: p for p in sorted(folder.glob("*.toml"))}
 
 

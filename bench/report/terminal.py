@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from slmbench.metrics import row_stat, same_run_pairs
+from slmbench.core.metrics import row_stat, same_run_pairs
 
 
 def fmt_s(value: float | None) -> str:
@@ -49,7 +49,7 @@ def summary_table(rows: list[dict], title: str = "slmbench results") -> Table:
 
 
 def pair_ratios(rows: list[dict]) -> list[dict]:
-    """Encoder-decoder vs decoder-only, per same-run pair (slmbench.metrics.same_run_pairs)."""
+    """Encoder-decoder vs decoder-only, per same-run pair (slmbench.core.metrics.same_run_pairs)."""
     out = []
     for pair in same_run_pairs(rows):
         ed, do = pair.ed, pair.do

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from slmbench.config import RunSettings
-from slmbench.contention import Snapshot, Tally
-from slmbench.contention import warning as contention_warning
-from slmbench.metrics import ROW_METRICS, repetition_metrics
-from slmbench.stats import is_noisy, median_ci, summarize
+from slmbench.core.metrics import ROW_METRICS, repetition_metrics
+from slmbench.core.stats import is_noisy, median_ci, summarize
+from slmbench.host.contention import Snapshot, Tally
+from slmbench.host.contention import warning as contention_warning
 
 
 @dataclass

@@ -163,9 +163,9 @@ def host_bandwidth(threads: int, refresh: bool = False, cache_dir: Path | str | 
     `bandwidth.json` beside the artifact cache, keyed by machine identity and threads (under a lock:
     two sweeps may ask at once). `refresh` measures again and keeps the better of the two; a
     reading the machine was too busy for is used (if it is the best) but never stored."""
-    from slmbench.contention import MachineBusy, wait_until_quiet
-    from slmbench.environment import this_machine
     from slmbench.exporters.artifact import default_cache_dir
+    from slmbench.host.contention import MachineBusy, wait_until_quiet
+    from slmbench.host.environment import this_machine
 
     key = f"{this_machine()['id']}|t{threads}"
     path = Path(cache_dir).parent / "bandwidth.json" if cache_dir else default_cache_dir().parent / "bandwidth.json"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from slmbench.config import peer_key
-from slmbench.environment import machine_of
+from slmbench.host.environment import machine_of
 
 ED, DO = "encoder-decoder", "decoder-only"
 ROW_METRICS = ("ttft_s", "encoder_s", "prefill_s", "tpot_s", "decode_tps", "e2e_s", "e2e_tps")

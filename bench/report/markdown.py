@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from slmbench.analysis import PAPER_NOTE, PAPER_THROUGHPUT_RATIO, PAPER_TTFT_REDUCTION_PCT, ReportData, build
-from slmbench.display import fmt_s
 from slmbench.errors import BenchError
+from slmbench.report.frames import PAPER_NOTE, PAPER_THROUGHPUT_RATIO, PAPER_TTFT_REDUCTION_PCT, ReportData, build
+from slmbench.report.terminal import fmt_s
 from slmbench.results import read_rows
 
 CAPTIONS = {
@@ -382,7 +382,7 @@ def build_report(results, out: Path | str, title: str = "slmbench report") -> Bu
     except OSError as exc:
         raise BenchError(f"cannot write the report to {out}: {exc.strerror} ({exc.filename}); choose another "
                          "--out folder") from None
-    from slmbench.plots import draw_all
+    from slmbench.report.plots import draw_all
 
     drawn = draw_all(data, figures_dir)
     figures = {k: v for k, v in drawn.items() if v is not None}
@@ -396,7 +396,7 @@ def print_summary(console, built: BuiltReport) -> None:
     """The report's tables in the terminal (rich)."""
     from rich.table import Table
 
-    from slmbench.display import summary_table
+    from slmbench.report.terminal import summary_table
 
     data = built.data
 

@@ -15,20 +15,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmbench.child import in_fresh_process
 from slmbench.config import RunConfig, check_one_run
-from slmbench.contention import MachineBusy, wait_until_quiet
-from slmbench.contention import warning as contention_warning
-from slmbench.environment import environment
+from slmbench.core.child import in_fresh_process
+from slmbench.core.measure import Subject, generate, make_inputs, measure, summarize_subject
 from slmbench.errors import DeviceUnavailable
 from slmbench.exporters.artifact import NotCached, cached_only
 from slmbench.exporters.precision import row_fields as precision_fields
-from slmbench.hugepages import back_with_huge_pages
-from slmbench.measure import Subject, generate, make_inputs, measure, summarize_subject
-from slmbench.memory import current_rss, peak_rss, reset_peak_rss
+from slmbench.host.contention import MachineBusy, wait_until_quiet
+from slmbench.host.contention import warning as contention_warning
+from slmbench.host.environment import environment
+from slmbench.host.hugepages import back_with_huge_pages
+from slmbench.host.memory import current_rss, peak_rss, reset_peak_rss
+from slmbench.host.roofline import BYTES_PER_PARAM, row_roofline
 from slmbench.models import ModelSpec, resolve_model
 from slmbench.results import append_rows, check_writable
-from slmbench.roofline import BYTES_PER_PARAM, row_roofline
 from slmbench.rows import measured_row
 from slmbench.runners import select_runner
 from slmbench.runners.base import allowed_cpus
@@ -55,7 +55,7 @@ def _export(config: dict, spec: ModelSpec, cache_dir) -> None:
 
 
 def prepare_artifact(config: RunConfig, spec: ModelSpec, runner, cache_dir, log=print):
-    """The artifact from the cache, or exported first in a fresh process (slmbench.child): an
+    """The artifact from the cache, or exported first in a fresh process (slmbench.core.child): an
     export leaves gigabytes of fragmented PyTorch heap that would shape the memory of the runtime
     this process then measures. Returns (artifact, reused)."""
     try:

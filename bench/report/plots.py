@@ -1,4 +1,4 @@
-"""Figures: pure functions from the report DataFrames (slmbench.analysis) to PNG and SVG files.
+"""Figures: pure functions from the report DataFrames (slmbench.report.frames) to PNG and SVG files.
 
 Each figure function draws one figure, saves `<name>.png` and `<name>.svg` in the given folder and
 returns the PNG path, or None when the frames hold nothing it could draw; `fn.draw(frame)` returns
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from slmbench.analysis import DO, ED, PAPER_THROUGHPUT_RATIO, PAPER_TTFT_REDUCTION_PCT
+from slmbench.report.frames import DO, ED, PAPER_THROUGHPUT_RATIO, PAPER_TTFT_REDUCTION_PCT
 
 _MARKERS = {"onnxruntime": "o", "openvino": "s", "torch": "^"}
 _DASHES = {"fp32": "-", "int8": "--", "fp16": "-.", "int4": ":"}
@@ -511,7 +511,7 @@ FIGURES = {
 
 
 def draw_all(data, out: Path) -> dict[str, Path | None]:
-    """Every figure from a slmbench.analysis.ReportData; None for one with nothing to draw. The
+    """Every figure from a slmbench.report.frames.ReportData; None for one with nothing to draw. The
     configuration figures share one style per series, drawn from all three frames that carry them."""
     cols = ["series", "family", "runtime", "precision"]
     frames = [f[cols] for f in (data.configs, data.reps, data.tokens) if not f.empty]

@@ -4,11 +4,11 @@ Same-run ratios (encoder-decoder / decoder-only, harness / bare) do not hold acr
 same code moved the tiny pair's TTFT ratio at input 512 from 0.348x (an Intel Xeon VM) to 0.452x
 (an AMD EPYC VM), a "regression" at p = 2e-16 with nothing changed. So the gate measures the base
 revision here and now, as `asv continuous` does: the base is checked out with `git worktree`,
-both trees run from source in the one installed environment (slmbench.gpu_check.source_layout
+both trees run from source in the one installed environment (slmbench.tools.gpu_check.source_layout
 mirrors the installed package layout with symlinks), and the two sides alternate, process by
 process, for several rounds (base first in odd rounds, the candidate first in even ones), so
 drift and the slow first process of a job hit both alike. Each side's rows are pooled per
-configuration and judged by slmbench.compare.
+configuration and judged by slmbench.gate.compare.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from slmbench.errors import BenchError, InvalidOption
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class RevisionError(InvalidOption):
@@ -85,7 +85,7 @@ def checkout(commit: str, repo: Path = REPO) -> Iterator[Path]:
 
 def measure_side(tree: Path, out: Path, commands: list[list[str]], cache_dir: Path | None) -> None:
     """Run the measurement commands (slmbench CLI arguments) from `tree`'s source, rows to `out`."""
-    from slmbench.gpu_check import source_layout
+    from slmbench.tools.gpu_check import source_layout
 
     layout = source_layout(tree)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(layout), os.environ.get("PYTHONPATH", "")]).rstrip(
@@ -108,7 +108,7 @@ def run_ab(base_rev: str, commands: list[list[str]], rounds: int = 3, repo: Path
            cache_dir: Path | None = None, log: Callable[[str], None] = print) -> tuple[list[dict], list[dict], dict]:
     """Measure `commands` on the base revision and the working tree, alternating for `rounds`
     rounds; returns (base rows, candidate rows, what was compared)."""
-    from slmbench.environment import this_machine
+    from slmbench.host.environment import this_machine
     from slmbench.results import read_rows
 
     if not isinstance(rounds, int) or not 1 <= rounds <= 50:
@@ -138,7 +138,7 @@ def gate_commands(sweep_file: Path | str) -> list[list[str]]:
 
 def machine_baseline(folder: Path) -> Path:
     """This machine's stored baseline: `<folder>/<machine name>.jsonl` (never another machine's)."""
-    from slmbench.environment import this_machine
+    from slmbench.host.environment import this_machine
 
     return Path(folder) / f"{this_machine()['name']}.jsonl"
 
@@ -200,7 +200,7 @@ def noise_band(reports) -> dict[str, float]:
 
 
 def record_noise(path: Path, band: dict[str, float], runs: int, rounds: int, commit: str) -> dict:
-    from slmbench.environment import this_machine
+    from slmbench.host.environment import this_machine
 
     study = {"machine": this_machine(), "runs": runs, "rounds": rounds, "commit": commit,
              "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "band": band,
@@ -213,7 +213,7 @@ def record_noise(path: Path, band: dict[str, float], runs: int, rounds: int, com
 def noise_study(base_rev: str, commands: list[list[str]], runs: int, rounds: int, path: Path,
                 cache_dir: Path | None = None, log: Callable[[str], None] = print) -> dict[str, float]:
     """`runs` A/A comparisons of a commit with itself; records and returns the noise band."""
-    from slmbench.compare import compare_rows
+    from slmbench.gate.compare import compare_rows
 
     if not isinstance(runs, int) or not 2 <= runs <= 20:
         raise InvalidOption(f"--noise-study must be from 2 to 20 runs, got {runs!r}")

@@ -25,11 +25,11 @@ import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from slmbench.environment import machine_of, this_machine
+from slmbench.host.environment import machine_of, this_machine
 from slmbench.results import append_rows, check_writable, read_rows
 from slmbench.rows import failed_row
-from slmbench.sweep import Configuration, Sweep
-from slmbench.worker import INJECT_ENV, OOM_WORDS
+from slmbench.sweep.files import Configuration, Sweep
+from slmbench.sweep.worker import INJECT_ENV, OOM_WORDS
 
 KILL_WAIT_S = 5.0  # how long an interrupted sweep waits for its killed worker
 
@@ -120,7 +120,7 @@ class _Child:
         self.foreign = collections.deque(maxlen=5)  # what it printed that is not its own log (runtime errors)
         self.peak_vm_bytes: int | None = None
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "slmbench.worker", str(job_path)],
+            [sys.executable, "-m", "slmbench.sweep.worker", str(job_path)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

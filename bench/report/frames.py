@@ -1,9 +1,9 @@
 """Result rows -> the DataFrames reports and plots are drawn from.
 
 Every figure is a pure function of these frames. Per-repetition values come from the raw
-timestamps each row keeps, through slmbench.metrics (one definition), so a ratio's confidence
+timestamps each row keeps, through slmbench.core.metrics (one definition), so a ratio's confidence
 interval comes from the repetitions themselves, not from two summaries. Rows from several machines
-merge but never mix: a machine (slmbench.environment.machine_identity, not the hostname: two VMs
+merge but never mix: a machine (slmbench.host.environment.machine_identity, not the hostname: two VMs
 can both be `vm`) that is not the only one to measure a device gets its own panel ("platform"),
 and every series is labelled with each dimension that varies in the data (`series`).
 """
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from slmbench.environment import machine_of
-from slmbench.metrics import DO, ED, Pair, latest_pairs, row_repetitions, same_run_pairs
+from slmbench.core.metrics import DO, ED, Pair, latest_pairs, row_repetitions, same_run_pairs
+from slmbench.core.stats import ratio_ci
+from slmbench.host.environment import machine_of
 from slmbench.results import flatten
-from slmbench.stats import ratio_ci
 
 PAPER_TTFT_REDUCTION_PCT = 47.0
 PAPER_THROUGHPUT_RATIO = 4.7

@@ -1,0 +1,1 @@
+"""The measurement: settings, the timed loop, statistics, one run."""

@@ -1,0 +1,1 @@
+"""The machine: its identity, memory, huge pages, CPU contention and bandwidth ceiling."""

@@ -1,0 +1,1 @@
+"""Sweeps: sweep files, their plan, running each configuration in its own process."""

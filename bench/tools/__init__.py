@@ -1,0 +1,1 @@
+"""Checks of the harness itself: overhead, performance goals, the GPU check."""
