@@ -84,7 +84,7 @@ def convert_graph(source: Path, target: Path, rec: Recipe) -> dict[str, int]:
 
 def _candidate(source: Artifact, out: Path, cfg):
     """Teacher-forced logits through the session the artifact's mode runs with, on CPU at f32."""
-    from slmbench.exporters.openvino import StatefulSession, compile_exact, session_step_logits
+    from slmbench.exporters.openvino import StatefulSession, compile_exact
     from slmbench.exporters.static import NpuwSession, StaticSession
 
     manifest, mode = source.manifest, source.manifest["variant"]["mode"]
@@ -99,7 +99,7 @@ def _candidate(source: Artifact, out: Path, cfg):
             session = NpuwSession(compiled["decoder"], kv, inputs)
         else:
             session = StaticSession(compiled, graphs, manifest["static"], kv, cfg.is_encoder_decoder)
-        return session_step_logits(session, cfg, prompt, forced)
+        return parity.teacher_forced(session, cfg, prompt, forced)
 
     return run
 

@@ -188,10 +188,8 @@ class StatefulSession:
     def bare_generate(self, input_ids: np.ndarray, output_len: int, start_token: int):
         """The floor for harness overhead (slmbench.tools.overhead): the same requests, tensors and
         buffers as encode/decode, driven by a plain loop of OpenVINO's own calls. Keep in step
-        with decode(). Returns (Repetition, tokens) with raw timestamps."""
+        with decode(). Returns (timestamps_ns from t_0, encoder end or None, tokens)."""
         import time
-
-        from slmbench.core.measure import Repetition
 
         self.start(input_ids, output_len)
         request, clock, step = self.request, time.perf_counter_ns, self._step
@@ -214,24 +212,7 @@ class StatefulSession:
             stamps[i + 1] = clock()
             if i == 0:
                 request.set_tensor("input_ids", self._step_tensor)
-        return Repetition([s - t0 for s in stamps], None if encoder_end is None else encoder_end - t0), tokens
-
-
-def session_step_logits(session, cfg, prompt: np.ndarray, forced: np.ndarray) -> list[np.ndarray]:
-    """Teacher-forced logits through any session (the parity check's candidate side)."""
-    session.start(prompt, forced.shape[1] + 1)
-    if cfg.is_encoder_decoder:
-        session.encode(prompt)
-        tokens = np.full((prompt.shape[0], 1), cfg.decoder_start_token, np.int64)
-    else:
-        tokens = prompt
-    out = []
-    for i in range(forced.shape[1] + 1):
-        session.decode(tokens)
-        out.append(session.logits())
-        if i < forced.shape[1]:
-            tokens = np.ascontiguousarray(forced[:, i : i + 1])
-    return out
+        return [s - t0 for s in stamps], None if encoder_end is None else encoder_end - t0, tokens
 
 
 def stateful_graphs(cfg) -> dict:
@@ -285,7 +266,7 @@ def export_stateful(spec: ModelSpec, out: Path, variant: dict, cache_dir=None) -
         session = StatefulSession(
             compile_exact(out / graphs["decoder"]["file"]), enc, kv, graphs["decoder"]["inputs"]
         )
-        return session_step_logits(session, cfg, prompt, forced)
+        return parity.teacher_forced(session, cfg, prompt, forced)
 
     result = parity.check(model, cfg, candidate, "openvino-stateful(CPU, KV f32)")
     return {
@@ -409,7 +390,7 @@ def export_npuw(spec: ModelSpec, out: Path, variant: dict) -> dict:
 
     def candidate(prompt, forced):
         session = NpuwSession(compile_exact(out / graphs["decoder"]["file"]), kv, names["inputs"])
-        return session_step_logits(session, cfg, prompt, forced)
+        return parity.teacher_forced(session, cfg, prompt, forced)
 
     result = parity.check(model, cfg, candidate, "openvino-npuw-layout(CPU, KV f32)")
     return {

@@ -59,6 +59,25 @@ def compare(reference: list[np.ndarray], candidate: list[np.ndarray], tolerance:
 StepFn = Callable[[np.ndarray, np.ndarray], list[np.ndarray]]
 
 
+def teacher_forced(session, cfg, prompt: np.ndarray, forced: np.ndarray) -> list[np.ndarray]:
+    """Per-step logits through any session with the runner's primitives (`start`, `encode`,
+    `decode`) and `logits()`: the prompt (or encoder + start token), then each forced token. The
+    one teacher-forced loop: every candidate side of a parity or accuracy check runs it."""
+    session.start(prompt, forced.shape[1] + 1)
+    if cfg.is_encoder_decoder:
+        session.encode(prompt)
+        tokens = np.full((prompt.shape[0], 1), cfg.decoder_start_token, np.int64)
+    else:
+        tokens = prompt
+    out = []
+    for i in range(forced.shape[1] + 1):
+        session.decode(tokens)
+        out.append(session.logits())
+        if i < forced.shape[1]:
+            tokens = np.ascontiguousarray(forced[:, i : i + 1])
+    return out
+
+
 class ParityError(RuntimeError):
     """An exported graph whose logits disagree with PyTorch beyond tolerance."""
 

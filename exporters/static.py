@@ -257,7 +257,7 @@ def static_parity(
     tolerance: float = parity.FP32_TOLERANCE,
 ) -> dict:
     """Logits of the padded static graphs (OpenVINO CPU, f32) against unpadded PyTorch, per length."""
-    from slmbench.exporters.openvino import compile_exact, session_step_logits
+    from slmbench.exporters.openvino import compile_exact
 
     compiled = {role: compile_exact(folder / g["file"]) for role, g in graphs.items()}
     session = StaticSession(compiled, graphs, shapes, kv_layout(cfg), cfg.is_encoder_decoder)
@@ -267,7 +267,7 @@ def static_parity(
         prompt, forced = parity.parity_inputs(cfg.vocab_size, batch=1, prompt=n, steps=steps, seed=1000 + n)
         result = parity.compare(
             parity.torch_step_logits(model, cfg, prompt, forced),
-            session_step_logits(session, cfg, prompt, forced),
+            parity.teacher_forced(session, cfg, prompt, forced),
             tolerance,
             "openvino-static",
         )

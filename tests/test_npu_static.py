@@ -12,7 +12,7 @@ from slmbench.core.measure import generate
 from slmbench.errors import InvalidOption
 from slmbench.exporters import parity
 from slmbench.exporters.artifact import ArtifactError
-from slmbench.exporters.openvino import compile_exact, openvino_artifact, session_step_logits
+from slmbench.exporters.openvino import compile_exact, openvino_artifact
 from slmbench.exporters.static import (
     NpuwSession,
     StaticSession,
@@ -164,7 +164,7 @@ def test_static_graphs_through_the_npu_plugin_on_cpu(static):
     model = spec.build()
     for n in (1, 5, P):
         prompt, forced = parity.parity_inputs(spec.config.vocab_size, batch=1, prompt=n, steps=R - 1, seed=n)
-        got = session_step_logits(session, spec.config, prompt, forced)
+        got = parity.teacher_forced(session, spec.config, prompt, forced)
         result = parity.compare(
             parity.torch_step_logits(model, spec.config, prompt, forced), got, 5e-3, "npuw"
         )
@@ -246,7 +246,7 @@ def test_npuw_feeding_on_cpu_matches_pytorch(npuw_ir):
     prompt, forced = parity.parity_inputs(spec.config.vocab_size, batch=2, prompt=6, steps=3, seed=2)
     result = parity.compare(
         parity.torch_step_logits(spec.build(), spec.config, prompt, forced),
-        session_step_logits(session, spec.config, prompt, forced),
+        parity.teacher_forced(session, spec.config, prompt, forced),
         parity.FP32_TOLERANCE,
         "ov",
     )
@@ -277,7 +277,7 @@ def test_npuw_pipeline_matches_pytorch(npuw_ir):
         prompt, forced = parity.parity_inputs(spec.config.vocab_size, batch=1, prompt=n, steps=5, seed=n)
         result = parity.compare(
             parity.torch_step_logits(model, spec.config, prompt, forced),
-            session_step_logits(session, spec.config, prompt, forced),
+            parity.teacher_forced(session, spec.config, prompt, forced),
             5e-3,
             "npuw",
         )
@@ -326,6 +326,6 @@ def test_padded_rows_stay_finite_at_low_precision(static, npuw_ir):
     prompt, forced = parity.parity_inputs(spec.config.vocab_size, batch=1, prompt=3, steps=3, seed=3)
     reference = parity.torch_step_logits(model, spec.config, prompt, forced)
     for session in sessions:
-        got = session_step_logits(session, spec.config, prompt, forced)
+        got = parity.teacher_forced(session, spec.config, prompt, forced)
         assert all(np.isfinite(x).all() for x in got)
         assert parity.compare(reference, got, 3e-2, "bf16")["passed"]

@@ -14,7 +14,7 @@ from slmbench.core.measure import generate
 from slmbench.errors import DeviceUnavailable, InvalidOption
 from slmbench.exporters import parity
 from slmbench.exporters.artifact import ArtifactError
-from slmbench.exporters.openvino import StatefulSession, openvino_artifact, session_step_logits
+from slmbench.exporters.openvino import StatefulSession, openvino_artifact
 from slmbench.models import resolve_model
 from slmbench.runners import openvino as ovr
 from slmbench.runners import select_runner
@@ -74,7 +74,7 @@ def test_exact_config_is_what_parity_depends_on(stateful, name):
     reference = parity.torch_step_logits(model, cfg, prompt, forced)
     run = lambda config: parity.compare(
         reference,
-        session_step_logits(_session(art, config), cfg, prompt, forced),
+        parity.teacher_forced(_session(art, config), cfg, prompt, forced),
         parity.FP32_TOLERANCE,
         "ov",
     )

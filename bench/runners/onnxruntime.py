@@ -160,9 +160,7 @@ class OnnxRuntimeRunner(Runner):
         """The floor for harness overhead (slmbench.tools.overhead): the generation measure.generate does,
         on the same session, binding and buffers, as a plain loop of ONNX Runtime's own calls with
         nothing of the harness between them. Its bindings must stay in step with decode().
-        Returns (Repetition, tokens) with raw timestamps, like measure.generate."""
-        from slmbench.core.measure import Repetition
-
+        Returns (timestamps_ns from t_0, encoder end or None, tokens), what measure.generate times."""
         self.start(input_ids, output_len)  # untimed per-request set-up, as for the harness
         b, run, clock = self.binding, self.decoder.run_with_iobinding, time.perf_counter_ns
         past, step_ids, step_value = self.past_names, self._step_ids, self._step_value
@@ -195,7 +193,7 @@ class OnnxRuntimeRunner(Runner):
                     b.bind_cpu_input("input_ids", step_ids)
             elif step_value is None:
                 b.bind_cpu_input("input_ids", step_ids)
-        return Repetition([s - t0 for s in stamps], None if encoder_end is None else encoder_end - t0), tokens
+        return [s - t0 for s in stamps], None if encoder_end is None else encoder_end - t0, tokens
 
     def close(self) -> None:
         self.decoder = self.encoder = self.binding = None

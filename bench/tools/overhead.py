@@ -22,7 +22,7 @@ import numpy as np
 
 from slmbench.config import RunConfig, RunSettings
 from slmbench.core.benchmark import prepare_and_load, result_row
-from slmbench.core.measure import Subject, generate, make_inputs, measure
+from slmbench.core.measure import Repetition, Subject, generate, make_inputs, measure
 from slmbench.errors import InvalidOption
 from slmbench.host.environment import environment
 from slmbench.results import append_rows, check_writable
@@ -30,7 +30,8 @@ from slmbench.results import append_rows, check_writable
 
 def _loop(subject: Subject, runner, ids: np.ndarray, settings: RunSettings):
     if subject.label == "bare":
-        return runner.bare_generate(ids, settings.output_len, subject.start_token)
+        stamps, encoder_end, tokens = runner.bare_generate(ids, settings.output_len, subject.start_token)
+        return Repetition(stamps, encoder_end), tokens
     return generate(runner, ids, settings.output_len, subject.encoder_decoder, subject.start_token)
 
 
