@@ -26,7 +26,7 @@ test: install  ## the test suite (CPU, tiny models, a few minutes)
 	$(BIN)/python -m pytest -q
 
 # The CI regression gate: the base revision (default the parent commit) and the working tree measured
-# side by side on this machine, alternating process by process (`slmbench compare --base-rev`, bench/ab.py):
+# side by side on this machine, alternating process by process (`slmbench compare --base-rev`, bench/gate/ab.py):
 # the tiny pair of results/baselines/regress.toml plus harness overhead. A stored baseline from another CPU
 # cannot work (README, "The regression gate"); this machine's own (results/baselines/<machine>.jsonl) is
 # only the fallback of a shallow clone. About a minute and a half here.
@@ -45,7 +45,7 @@ regress-noise: install  ## A/A study: HEAD against itself 5 times; records this 
 regress-baseline: install  ## record this machine's fallback baseline, results/baselines/<machine>.jsonl (then commit it)
 	$(BIN)/slmbench compare --record-baseline
 
-# Sweeps (bench/sweeps/*.toml): each configuration in its own process; rerunning resumes, absent
+# Sweeps (bench/sweep/shipped/*.toml): each configuration in its own process; rerunning resumes, absent
 # devices are reported once and skipped. Each paper sweep writes results/<sweep>/results.jsonl and
 # its report beside it (results/<sweep>/report/report.md with figures/).
 sweep_and_report = $(BIN)/slmbench sweep $(1) --results results/$(1)/results.jsonl; status=$$?; \

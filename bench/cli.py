@@ -38,7 +38,9 @@ class Group(click.Group):
     def invoke(self, ctx):
         import warnings
 
-        # Library warnings (a re-export, a noisy metric) reach the user as one plain line.
+        # Library warnings (a re-export, a noisy metric) reach the user as one plain line, for this
+        # command only: the caller's warning display is back when it returns.
+        previous = warnings.showwarning
         warnings.showwarning = lambda message, *args, **kwargs: click.echo(f"warning: {message}", err=True)
         try:
             return super().invoke(ctx)
@@ -48,6 +50,8 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted: every completed result row is kept", err=True)
             ctx.exit(130)
+        finally:
+            warnings.showwarning = previous
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -356,10 +360,9 @@ def _bounded_interrupt():
               help="Seconds one configuration may take, export included (default: the file's timeout_s).")
 @click.option("--memory-limit", type=float, default=None,
               help="GiB of address space per configuration (default: the file's, else the RAM on CPU).")
-@click.option("--inject-fault", hidden=True, default=None, help="Tests only: kind@key-substring;...")
 @_cache_option
 @_trust_option
-def sweep(sweep_file, results, force, timeout, memory_limit, inject_fault, cache_dir):
+def sweep(sweep_file, results, force, timeout, memory_limit, cache_dir):
     """Run a sweep file: each configuration in its own process, resumable, crash- and hang-proof.
 
     SWEEP_FILE is a TOML path or a shipped sweep: quick, paper-cpu, paper-gpu, paper-npu,
@@ -387,8 +390,7 @@ def sweep(sweep_file, results, force, timeout, memory_limit, inject_fault, cache
     console = _console()
     try:
         with _bounded_interrupt(), RichSweepProgress(console) as progress:
-            outcome = run_sweep(plan, results, force, timeout, memory_limit, cache_dir, inject_fault,
-                                progress)
+            outcome = run_sweep(plan, results, force, timeout, memory_limit, cache_dir, progress)
     except SweepInterrupted as exc:
         click.echo(str(exc), err=True)
         sys.exit(130)

@@ -160,8 +160,8 @@ class RunConfig:
         """A configuration with what a run would fill in: the device's default runtime (checked
         available), the physical-core thread count, and the runner's option defaults for the device
         and shapes (one runtime's options never enter another's key)."""
+        from slmbench.host.cpus import default_threads
         from slmbench.runners import RUNNERS, select_runner
-        from slmbench.runners.base import default_threads
 
         settings = settings or RunSettings()
         if runtime is None:

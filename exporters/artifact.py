@@ -154,13 +154,13 @@ def artifact_key(spec: ModelSpec, fmt: str, variant: dict, exporter_code: str) -
 
 def code_digest(*modules: str) -> str:
     """Digest of exporter source files and of the code every export passes through (the model
-    blocks and families it traces, the ONNX shape folding that IR and quantized artifacts inherit),
-    so that a change to any of them invalidates the cache."""
+    blocks and families it traces, the reference it is checked against, the ONNX shape folding
+    that IR and quantized artifacts inherit), so that a change to any of them invalidates the cache."""
     from slmbench.exporters import fold_shapes
-    from slmbench.models import blocks, families
+    from slmbench.models import blocks, families, reference
 
     h = hashlib.sha256()
-    for module in (*modules, blocks.__file__, families.__file__, fold_shapes.__file__):
+    for module in (*modules, blocks.__file__, families.__file__, reference.__file__, fold_shapes.__file__):
         h.update(Path(module).read_bytes())
     return h.hexdigest()[:16]
 

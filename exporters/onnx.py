@@ -9,7 +9,7 @@ Graphs (all axes named below are dynamic):
   and cross_key.i / cross_value.i: the cross-attention K/V are computed once per request, here,
   not once per token. `decoder.onnx` takes them plus encoder_attention_mask and the self-attention
   cache as above.
-The legacy TorchScript exporter is used: it is quick and handles both families (DESIGN.md section 4).
+The legacy TorchScript exporter is used: it is quick and handles both families (docs/environment.md).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from slmbench.exporters import fold_shapes, parity
-from slmbench.exporters.artifact import Artifact, code_digest, ensure_artifact
+from slmbench.exporters.artifact import Artifact, ArtifactError, code_digest, ensure_artifact
 from slmbench.exporters.precision import check_supported, onnx_recipe
 from slmbench.models.spec import ModelSpec
 
@@ -159,43 +159,65 @@ def export_onnx(spec: ModelSpec, out: Path, variant: dict) -> dict:
             "precision_recipe": onnx_recipe("fp32", cfg).to_dict()}
 
 
-def ort_step_logits(folder: Path, graphs: dict, cfg, prompt: np.ndarray, forced: np.ndarray):
-    """Per-step logits through plain ONNX Runtime sessions (the parity check's candidate side)."""
-    import onnxruntime as ort
+FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = lambda role: ort.InferenceSession(str(folder / graphs[role]["file"]), opts,
-                                                providers=["CPUExecutionProvider"])
-    batch = prompt.shape[0]
-    empty = np.zeros((batch, cfg.kv_heads, 0, cfg.head_dim), np.float32)
-    past = {name: empty for name in kv_names(cfg.decoder_layers, "past")}
-    fixed = {}
-    if cfg.is_encoder_decoder:
-        mask = np.ones_like(prompt)
-        enc_out = session("encoder").run(None, {"input_ids": prompt, "attention_mask": mask})
-        fixed = {"encoder_attention_mask": mask, **dict(zip(graphs["encoder"]["outputs"][1:], enc_out[1:]))}
-        tokens = np.full((batch, 1), cfg.decoder_start_token, np.int64)
-    else:
-        tokens = prompt
-    decoder = session("decoder")
-    # present_* come out in the order past_* go in: each step feeds outputs back by position
-    assert [n.replace("present", "past") for n in graphs["decoder"]["outputs"][2:]] == list(past)
-    logits = []
-    for i in range(forced.shape[1] + 1):
-        out = decoder.run(None, {"input_ids": tokens, **fixed, **past})
-        logits.append(out[0])
-        past = dict(zip(past, out[2:]))
-        if i < forced.shape[1]:
-            tokens = forced[:, i:i + 1]
-    return logits
+
+def past_dtype(session, past_names: list[str]):
+    """The numpy dtype of the decoder's past K/V inputs, as the graph declares it (fp32 or fp16)."""
+    types = {i.name: i.type for i in session.get_inputs() if i.name in past_names}
+    found = {types[n] for n in past_names if n in types}
+    if len(found) != 1 or next(iter(found)) not in FLOAT_TYPES:
+        raise ArtifactError(f"decoder past K/V inputs have types {sorted(found) or 'none'}; expected one of "
+                            f"{', '.join(FLOAT_TYPES)} (re-export the artifact)")
+    return FLOAT_TYPES[found.pop()]
+
+
+class OnnxSteps:
+    """An ONNX artifact's graphs in plain ONNX Runtime CPU sessions, as a session for
+    parity.teacher_forced: the candidate side of the parity and accuracy checks. The KV cache is
+    the graph's own dtype; each step feeds present_* back as past_* (they come out in that order)."""
+
+    def __init__(self, folder: Path, graphs: dict, cfg):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        load = lambda role: ort.InferenceSession(str(folder / graphs[role]["file"]), opts,
+                                                 providers=["CPUExecutionProvider"])
+        self.cfg, self.decoder = cfg, load("decoder")
+        self.encoder = load("encoder") if cfg.is_encoder_decoder else None
+        self.cross_names = graphs["encoder"]["outputs"][1:] if self.encoder else []
+        self.names = kv_names(cfg.decoder_layers, "past")
+        assert [n.replace("present", "past") for n in graphs["decoder"]["outputs"][2:]] == self.names
+        self.dtype = past_dtype(self.decoder, self.names)
+
+    def start(self, input_ids: np.ndarray, max_new_tokens: int) -> None:
+        empty = np.zeros((input_ids.shape[0], self.cfg.kv_heads, 0, self.cfg.head_dim), self.dtype)
+        self.past, self.fixed = dict.fromkeys(self.names, empty), {}
+
+    def encode(self, input_ids: np.ndarray) -> None:
+        mask = np.ones_like(input_ids)
+        out = self.encoder.run(None, {"input_ids": input_ids, "attention_mask": mask})
+        self.fixed = {"encoder_attention_mask": mask, **dict(zip(self.cross_names, out[1:], strict=True))}
+
+    def decode(self, input_ids: np.ndarray) -> np.ndarray:
+        out = self.decoder.run(None, {"input_ids": input_ids, **self.fixed, **self.past})
+        self._logits, self.past = out[0], dict(zip(self.names, out[2:], strict=True))
+        return out[1]
+
+    def logits(self) -> np.ndarray:
+        return self._logits.astype(np.float32)
+
+
+def ort_step_logits(folder: Path, graphs: dict, cfg, prompt: np.ndarray, forced: np.ndarray) -> list[np.ndarray]:
+    """Teacher-forced logits of an ONNX artifact's graphs (parity and accuracy checks)."""
+    return parity.teacher_forced(OnnxSteps(folder, graphs, cfg), cfg, prompt, forced)
 
 
 def onnx_artifact(spec: ModelSpec, precision: str = "fp32", cache_dir=None, force=False) -> tuple[Artifact, bool]:
+    """The fp32 ONNX artifact of `spec` (the other precisions derive from it: quantize_onnx.py)."""
     check_supported("onnx", precision, "onnxruntime")
     if precision != "fp32":
-        from slmbench.exporters.quantize_onnx import quantized_onnx_artifact
-
-        return quantized_onnx_artifact(spec, precision, cache_dir, force)
+        raise ValueError(f"onnx_artifact exports fp32; {precision} comes from quantize_onnx.quantized_onnx_artifact")
     return ensure_artifact(spec, "onnx", {"precision": precision}, export_onnx,
                            code_digest(__file__, parity.__file__), cache_dir, force)

@@ -5,7 +5,7 @@ scheme (symmetric or not), the group size and which layers stay in higher precis
 speed and accuracy. A `Recipe` says all of that; it goes into the artifact's variant (so it is part
 of the cache key), its manifest and every result row.
 
-Accuracy policy (DESIGN.md section 4, issue 8): fp32 artifacts must match PyTorch within 1e-4 and
+Accuracy policy (docs/environment.md, issue 8): fp32 artifacts must match PyTorch within 1e-4 and
 fail hard otherwise (slmbench.exporters.parity). Low precision is measured, not asserted: the max
 |logit - fp32 PyTorch logit| and the greedy-token agreement over a teacher-forced sequence are
 recorded with a loose, per-precision `tolerance` whose verdict (`passed`) is recorded but does not
@@ -343,27 +343,3 @@ def row_fields(manifest: dict, precision_name: str) -> dict:
         accuracy["reference"] = measured.get("reference", "fp32 PyTorch, teacher-forced")
         accuracy.setdefault("enforced", "accuracy" not in manifest)  # a plain parity check raises
     return {"precision_recipe": recorded_recipe(manifest, precision_name), "accuracy": accuracy or None}
-
-
-def runtime_precisions(runtime: str) -> tuple[str, ...] | None:
-    """The precisions a runtime offers: its artifact format's recipes, or the PRECISIONS its runner
-    module declares (None when unknown)."""
-    import importlib
-
-    from slmbench.runners import RUNNERS
-
-    cls = RUNNERS.get(runtime)
-    if cls is None:
-        return None
-    if cls.artifact_format in SUPPORTED:
-        return SUPPORTED[cls.artifact_format]
-    declared = getattr(importlib.import_module(cls.__module__), "PRECISIONS", None)
-    return tuple(declared) if declared is not None else None
-
-
-def precision_unsupported(runtime: str, precision_name: str) -> str:
-    """Empty when `runtime` offers `precision_name` (or cannot say), else a one-line reason."""
-    offered = runtime_precisions(runtime)
-    if offered is None or precision_name in offered:
-        return ""
-    return f"{runtime} does not support precision {precision_name} (supported: {', '.join(offered)})"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slmbench.exporters import onnx as onnx_exporter
 from slmbench.exporters import parity, precision
 from slmbench.exporters.artifact import Artifact, code_digest, ensure_artifact
 from slmbench.exporters.precision import Recipe
@@ -190,42 +191,6 @@ def convert_graph(source: Path, target: Path, rec: Recipe) -> None:
     save(to_fp16(model) if rec.precision == "fp16" else to_int4(model, rec), target)
 
 
-def ort_logits(folder: Path, graphs: dict, cfg, prompt: np.ndarray, forced: np.ndarray) -> list[np.ndarray]:
-    """Teacher-forced logits through plain ONNX Runtime CPU sessions, in the graph's own KV dtype."""
-    import onnxruntime as ort
-
-    from slmbench.exporters.onnx import kv_names
-    from slmbench.runners.onnxruntime import past_dtype
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = lambda role: ort.InferenceSession(
-        str(folder / graphs[role]["file"]), opts, providers=["CPUExecutionProvider"]
-    )
-    decoder = session("decoder")
-    names = kv_names(cfg.decoder_layers, "past")
-    batch = prompt.shape[0]
-    empty = np.zeros((batch, cfg.kv_heads, 0, cfg.head_dim), past_dtype(decoder, names))
-    past = {name: empty for name in names}
-    fixed = {}
-    if cfg.is_encoder_decoder:
-        mask = np.ones_like(prompt)
-        enc_out = session("encoder").run(None, {"input_ids": prompt, "attention_mask": mask})
-        cross = dict(zip(graphs["encoder"]["outputs"][1:], enc_out[1:], strict=True))
-        fixed = {"encoder_attention_mask": mask, **cross}
-        tokens = np.full((batch, 1), cfg.decoder_start_token, np.int64)
-    else:
-        tokens = prompt
-    logits = []
-    for i in range(forced.shape[1] + 1):
-        out = decoder.run(None, {"input_ids": tokens, **fixed, **past})
-        logits.append(out[0].astype(np.float32))
-        past = dict(zip(names, out[2:], strict=True))
-        if i < forced.shape[1]:
-            tokens = forced[:, i : i + 1]
-    return logits
-
-
 def export_quantized(spec: ModelSpec, out: Path, source: Artifact, rec: Recipe) -> dict:
     """Convert every graph of the fp32 artifact `source` by `rec`, then measure its accuracy."""
     cfg = spec.config
@@ -234,7 +199,7 @@ def export_quantized(spec: ModelSpec, out: Path, source: Artifact, rec: Recipe) 
         convert_graph(source.path / graph["file"], out / graph["file"], rec)
     model = spec.build()
     accuracy = precision.measure_accuracy(
-        model, cfg, lambda p, f: ort_logits(out, graphs, cfg, p, f), "onnxruntime(CPU)", rec
+        model, cfg, lambda p, f: onnx_exporter.ort_step_logits(out, graphs, cfg, p, f), "onnxruntime(CPU)", rec
     )
     versions = dict(source.manifest.get("versions", {}))
     versions[rec.tool.split(".")[0]] = rec.tool_version
@@ -258,8 +223,6 @@ def quantized_onnx_artifact(
     spec: ModelSpec, precision_name: str, cache_dir=None, force: bool = False
 ) -> tuple[Artifact, bool]:
     """The fp16/int8/int4 ONNX artifact of `spec`, derived from (and exporting if needed) fp32."""
-    from slmbench.exporters import onnx as onnx_exporter
-
     rec = precision.onnx_recipe(precision_name, spec.config)
     source, _ = onnx_exporter.onnx_artifact(spec, "fp32", cache_dir)
     code = code_digest(onnx_exporter.__file__, parity.__file__, precision.__file__, __file__)

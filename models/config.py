@@ -6,6 +6,8 @@ import dataclasses
 import enum
 from dataclasses import dataclass
 
+from slmbench.errors import BenchError
+
 
 class Family(enum.StrEnum):
     ENCODER_DECODER = "encoder-decoder"
@@ -14,6 +16,11 @@ class Family(enum.StrEnum):
 
 class ConfigError(ValueError):
     """An architecture or run configuration that cannot be built."""
+
+
+class CheckpointError(BenchError, ConfigError):
+    """A checkpoint that cannot be found, read or benchmarked (a ConfigError too, so sweep files
+    report it with their own location)."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ the SHA-256 of config.json and of every weight file transformers would load.
 
 Resolving reads the config through transformers (its defaults are not written to config.json)
 and counts parameters on the meta device, but never loads weights; `spec.build()` does, through
-the adapter in `slmbench.exporters.hf_wrappers` that gives the checkpoint the same step
+the adapter in `slmbench.models.hf_wrappers` that gives the checkpoint the same step
 interface as our own architectures, always in float32 with eager attention. Remote code stays
 off unless asked for (`--trust-remote-code`, SLMBENCH_TRUST_REMOTE_CODE=1); pickled weights are
 only ever loaded with `weights_only=True`.
@@ -22,8 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmbench.errors import BenchError
-from slmbench.models.config import ArchConfig, ConfigError, Family
+from slmbench.models.config import ArchConfig, CheckpointError, Family
 from slmbench.models.spec import ModelSpec
 
 PREFIX = "hf:"
@@ -39,12 +38,7 @@ SUPPORTED: dict[str, Family] = {
 _ACTIVATIONS = {"relu": "relu", "silu": "silu", "swish": "silu", "gelu_new": "gelu_tanh",
                 "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu": "gelu_tanh"}
 _ADAPTER_CODE = (Path(__file__).parent / "hf.py",
-                 Path(__file__).parent.parent / "exporters" / "hf_wrappers.py")
-
-
-class CheckpointError(BenchError, ConfigError):
-    """A checkpoint that cannot be found, read or benchmarked (a ConfigError too, so sweep files
-    report it with their own location)."""
+                 Path(__file__).parent / "hf_wrappers.py")
 
 
 def supported_text() -> str:
@@ -277,7 +271,7 @@ class HFModelSpec(ModelSpec):
 
     def build(self):
         """The checkpoint in float32 behind the step interface, checked against its own forward."""
-        from slmbench.exporters.hf_wrappers import load_adapter
+        from slmbench.models.hf_wrappers import load_adapter
 
         return load_adapter(self)
 

@@ -1,7 +1,7 @@
 """Preset architectures: the paper's encoder-decoder (Mu) and a decoder-only baseline built from
 the same block, stacked to the same parameter budget, at three budgets plus tiny test sizes.
 
-Mu (DESIGN.md section 2): 20 encoder / 10 decoder layers, hidden 1024, 6 query heads and 3 KV heads
+Mu (docs/paper.md): 20 encoder / 10 decoder layers, hidden 1024, 6 query heads and 3 KV heads
 of 64 (inner width 384), MLP 1024->4096->1024 non-gated tanh-GELU with bias, RMSNorm 1e-6,
 RoPE 10000, vocabulary 32128 tied. The paper allows 1024 positions, 4096 with RoPE scaling; the
 presets admit 8192 so the input-scaling sweep reaches the range of the paper's intro figure

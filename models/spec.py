@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmbench.models.config import ArchConfig, Family
-from slmbench.models.presets import get_preset
 
 _MODEL_CODE = ("blocks.py", "families.py", "config.py")
 
@@ -58,13 +57,3 @@ class ModelSpec:
                 "encoder_layers": c.encoder_layers, "decoder_layers": c.decoder_layers,
                 "hidden": c.hidden, "heads": c.attn_heads, "kv_heads": c.kv_heads, "head_dim": c.head_dim,
                 "ffn": c.ffn, "vocab": c.vocab_size, "source": self.source}
-
-
-def resolve_model(name: str, seed: int = 0, trust_remote_code: bool | None = None) -> ModelSpec:
-    """A preset name, or `hf:PATH_OR_ID` for a Hugging Face checkpoint (resolved by models/hf.py;
-    `trust_remote_code` None means the SLMBENCH_TRUST_REMOTE_CODE environment variable decides)."""
-    if name.startswith("hf:"):
-        from slmbench.models.hf import resolve_hf
-
-        return resolve_hf(name, trust_remote_code)
-    return ModelSpec(name=name, config=get_preset(name), seed=seed)

@@ -74,11 +74,11 @@ def test_the_bandwidth_ceiling_is_stored_per_machine_and_threads_only_when_quiet
     cache = tmp_path / "artifacts"
     monkeypatch.setattr(contention, "wait_until_quiet", lambda **kw: (_ for _ in ()).throw(
         contention.MachineBusy("busy")))
-    assert roofline.host_bandwidth(1, cache_dir=cache)["quiet"] is False
+    assert roofline.host_bandwidth(1, cache)["quiet"] is False
     assert not (tmp_path / "bandwidth.json").exists()  # a busy reading is used once, never stored
     monkeypatch.setattr(contention, "wait_until_quiet", lambda **kw: {})
-    first = roofline.host_bandwidth(1, cache_dir=cache)
-    assert first["quiet"] and roofline.host_bandwidth(1, cache_dir=cache) == first and calls == [1, 1]
+    first = roofline.host_bandwidth(1, cache)
+    assert first["quiet"] and roofline.host_bandwidth(1, cache) == first and calls == [1, 1]
     stored = json.loads((tmp_path / "bandwidth.json").read_text())
     assert list(stored) == [f"{this_machine()['id']}|t1"]
 
@@ -110,12 +110,12 @@ def test_the_stored_ceiling_is_the_best_quiet_reading_and_counts_them(tmp_path, 
 
     calls = _fake_bandwidth(monkeypatch, [40e9, 35e9, 45e9])
     cache = tmp_path / "artifacts"
-    assert host_bandwidth(2, cache_dir=cache)["read_bytes_per_s"] == 40e9
-    lower = host_bandwidth(2, refresh=True, cache_dir=cache)  # a slower reading never lowers the ceiling
+    assert host_bandwidth(2, cache)["read_bytes_per_s"] == 40e9
+    lower = host_bandwidth(2, cache, refresh=True)  # a slower reading never lowers the ceiling
     assert lower["read_bytes_per_s"] == 40e9 and lower["latest"]["read_bytes_per_s"] == 35e9 and lower["readings"] == 2
-    higher = host_bandwidth(2, refresh=True, cache_dir=cache)
+    higher = host_bandwidth(2, cache, refresh=True)
     assert higher["read_bytes_per_s"] == 45e9 and higher["readings"] == 3 and len(calls) == 3
-    assert host_bandwidth(2, cache_dir=cache) == higher and len(calls) == 3
+    assert host_bandwidth(2, cache) == higher and len(calls) == 3
 
 
 def test_a_decode_above_its_ceiling_remeasures_and_is_marked_if_still_above(tmp_path, monkeypatch):
@@ -126,11 +126,11 @@ def test_a_decode_above_its_ceiling_remeasures_and_is_marked_if_still_above(tmp_
     need = decode_bytes_per_token(cfg, "fp32", position=512 + 32)["bytes_per_token"]
     calls = _fake_bandwidth(monkeypatch, [30e9, 50e9, 50e9, 60e9])
     cache = tmp_path / "artifacts"
-    below = row_roofline(cfg, "fp32", 512, 64, 2, decode_tps=20e9 / need, cache_dir=cache)
+    below = row_roofline(cfg, "fp32", 512, 64, 2, cache, decode_tps=20e9 / need)
     assert not below["remeasured"] and not below["exceeded"] and below["fraction_of_ceiling"] == pytest.approx(2 / 3)
-    fixed = row_roofline(cfg, "fp32", 512, 64, 2, decode_tps=40e9 / need, cache_dir=cache)  # 40 > 30: re-measured
+    fixed = row_roofline(cfg, "fp32", 512, 64, 2, cache, decode_tps=40e9 / need)  # 40 > 30: re-measured
     assert fixed["remeasured"] and not fixed["exceeded"] and fixed["fraction_of_ceiling"] == pytest.approx(0.8)
-    above = row_roofline(cfg, "fp32", 512, 64, 2, decode_tps=55e9 / need, cache_dir=cache)
+    above = row_roofline(cfg, "fp32", 512, 64, 2, cache, decode_tps=55e9 / need)
     assert above["remeasured"] and above["exceeded"] and above["fraction_of_ceiling"] == pytest.approx(1.1)
     assert len(calls) == 3
 
@@ -141,6 +141,6 @@ def test_a_model_that_fits_in_the_cache_has_no_bandwidth_ceiling(tmp_path, monke
 
     calls = _fake_bandwidth(monkeypatch, [])
     monkeypatch.setattr(roofline, "last_level_cache_bytes", lambda: 32 << 20)
-    roof = roofline.row_roofline(get_preset("mu-tiny"), "fp32", 64, 16, 2, decode_tps=900.0, cache_dir=tmp_path / "a")
+    roof = roofline.row_roofline(get_preset("mu-tiny"), "fp32", 64, 16, 2, tmp_path / "a", decode_tps=900.0)
     assert roof["fraction_of_ceiling"] is None and roof["ceiling_tokens_per_s"] is None and not calls
     assert "last-level cache" in roof["bound"]

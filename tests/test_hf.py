@@ -152,7 +152,7 @@ def test_openvino_stateful_parity_and_run(built, cache_dir, kind):
     pytest.importorskip("openvino")
     from slmbench.config import RunSettings, plan
     from slmbench.core.benchmark import run_benchmark
-    from slmbench.exporters.openvino import openvino_artifact
+    from slmbench.runners.openvino import openvino_artifact
 
     spec, _ = built(kind)
     artifact, _ = openvino_artifact(spec, cache_dir=cache_dir)
@@ -206,7 +206,7 @@ def tokens_total(prompt, forced, spec):
 def test_modes_needing_our_own_layers_refuse_in_one_line(built, tmp_path, mode):
     pytest.importorskip("openvino")
     from slmbench.errors import BenchError
-    from slmbench.exporters.openvino import openvino_artifact
+    from slmbench.runners.openvino import openvino_artifact
 
     spec, _ = built("qwen2")
     with pytest.raises(BenchError) as info:
@@ -216,7 +216,7 @@ def test_modes_needing_our_own_layers_refuse_in_one_line(built, tmp_path, mode):
 
 
 def test_reference_check_catches_a_broken_cache(built):
-    from slmbench.exporters.hf_wrappers import check_against_forward
+    from slmbench.models.hf_wrappers import check_against_forward
 
     _, adapter = built("llama")
     real = adapter.forward
@@ -229,7 +229,7 @@ def test_reference_check_catches_a_broken_cache(built):
 
 
 def test_reference_check_catches_wrong_cross_kv(built):
-    from slmbench.exporters.hf_wrappers import check_against_forward
+    from slmbench.models.hf_wrappers import check_against_forward
 
     _, adapter = built("t5")
     real = adapter.cross_kv

@@ -43,7 +43,7 @@ def test_median_ci_exists_from_six_values_and_covers_the_median():
 def test_default_threads_stay_within_the_affinity_mask():
     import os
 
-    from slmbench.runners.base import default_threads
+    from slmbench.host.cpus import default_threads
 
     allowed = os.sched_getaffinity(0)
     try:

@@ -16,6 +16,7 @@ import pytest
 from slmbench.results import read_rows
 from slmbench.sweep.files import parse_sweep
 from slmbench.sweep.run import run_sweep
+from slmbench.sweep.worker import INJECT_ENV
 
 FAST = {"warmup": 0, "min_reps": 2, "min_time_s": 0.0, "max_reps": 4}
 GRID = {"models": ["mu-tiny", "deconly-tiny"], "input_lens": [16, 24, 32], "output_lens": [6]}
@@ -51,15 +52,12 @@ def assert_complete_and_attributed(rows, expected_configs):
             assert r["key"] == f"{r['model']}|cpu|onnxruntime|fp32|b1|in{n}|out6|t{r['threads']}"
 
 
-def test_crash_and_hang_become_failed_rows_and_the_sweep_goes_on_then_resume_finishes(tmp_path, cache_dir):
+def test_crash_and_hang_become_failed_rows_and_the_sweep_goes_on_then_resume_finishes(tmp_path, cache_dir,
+                                                                                        monkeypatch):
     results = tmp_path / "r.jsonl"
     started = time.monotonic()
-    outcome = run_sweep(
-        sweep(tmp_path, timeout_s=HANG_TIMEOUT_S),
-        results,
-        cache_dir=cache_dir,
-        inject="crash@|in16|;hang@|in24|",
-    )
+    monkeypatch.setenv(INJECT_ENV, "crash@|in16|;hang@|in24|")  # the workers inherit it
+    outcome = run_sweep(sweep(tmp_path, timeout_s=HANG_TIMEOUT_S), results, cache_dir=cache_dir)
     assert time.monotonic() - started < HANG_TIMEOUT_S + 60
     assert (outcome.measured, outcome.failed) == (1, 2)
     rows = read_rows([results])
@@ -76,6 +74,7 @@ def test_crash_and_hang_become_failed_rows_and_the_sweep_goes_on_then_resume_fin
         assert r["environment"]["host"] and r["settings"]["input_len"] == r["input_len"]
         assert r["compared_with"] and r["sweep"] == "faults"
 
+    monkeypatch.delenv(INJECT_ENV)
     resumed = run_sweep(sweep(tmp_path), results, cache_dir=cache_dir)
     assert (resumed.measured, resumed.failed, resumed.done_before) == (2, 0, 1)
     rows = read_rows([results])
@@ -84,11 +83,10 @@ def test_crash_and_hang_become_failed_rows_and_the_sweep_goes_on_then_resume_fin
     assert len(ok) == 6 and len(rows) == 10  # 4 failed rows stay as the record of what happened
 
 
-def test_out_of_memory_under_the_child_memory_limit_is_a_failed_row(tmp_path, cache_dir):
+def test_out_of_memory_under_the_child_memory_limit_is_a_failed_row(tmp_path, cache_dir, monkeypatch):
     results = tmp_path / "r.jsonl"
-    outcome = run_sweep(
-        sweep(tmp_path, memory_gb=1.5, input_lens=[16, 24]), results, cache_dir=cache_dir, inject="oom@|in16|"
-    )
+    monkeypatch.setenv(INJECT_ENV, "oom@|in16|")
+    outcome = run_sweep(sweep(tmp_path, memory_gb=1.5, input_lens=[16, 24]), results, cache_dir=cache_dir)
     assert (outcome.measured, outcome.failed) == (1, 1)
     rows = by_input(read_rows([results]))
     for r in rows[16]:
@@ -97,11 +95,10 @@ def test_out_of_memory_under_the_child_memory_limit_is_a_failed_row(tmp_path, ca
     assert all(r["status"] == "ok" for r in rows[24])
 
 
-def test_segfault_is_a_failed_row_naming_the_signal(tmp_path, cache_dir):
+def test_segfault_is_a_failed_row_naming_the_signal(tmp_path, cache_dir, monkeypatch):
     results = tmp_path / "r.jsonl"
-    outcome = run_sweep(
-        sweep(tmp_path, input_lens=[16]), results, cache_dir=cache_dir, inject="segfault@|in16|"
-    )
+    monkeypatch.setenv(INJECT_ENV, "segfault@|in16|")
+    outcome = run_sweep(sweep(tmp_path, input_lens=[16]), results, cache_dir=cache_dir)
     assert outcome.failed == 1
     rows = read_rows([results])
     assert len(rows) == 2 and all(
@@ -109,9 +106,10 @@ def test_segfault_is_a_failed_row_naming_the_signal(tmp_path, cache_dir):
     )
 
 
-def test_an_error_in_the_configuration_is_a_failed_row_with_its_message(tmp_path, cache_dir):
+def test_an_error_in_the_configuration_is_a_failed_row_with_its_message(tmp_path, cache_dir, monkeypatch):
     results = tmp_path / "r.jsonl"
-    run_sweep(sweep(tmp_path, input_lens=[16]), results, cache_dir=cache_dir, inject="error@|in16|")
+    monkeypatch.setenv(INJECT_ENV, "error@|in16|")
+    run_sweep(sweep(tmp_path, input_lens=[16]), results, cache_dir=cache_dir)
     rows = read_rows([results])
     assert [r["error"] for r in rows] == ["RuntimeError: injected error"] * 2
 
@@ -150,9 +148,8 @@ def test_interrupt_keeps_completed_rows_drops_the_partial_one_and_resume_finishe
         str(cache_dir),
     ]
     # The second configuration hangs, so the signal surely lands while it is in progress.
-    proc = subprocess.Popen(
-        cmd + ["--inject-fault", "hang@|in24|"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **{INJECT_ENV: "hang@|in24|"}))
     try:
         _wait_for_rows(results, 2, proc)
         deadline = time.monotonic() + 60
@@ -196,8 +193,9 @@ def test_a_worker_dies_with_its_sweep_even_when_the_sweep_is_killed(tmp_path, ca
     sweep_file.write_text('name = "kill"\n[grid]\nmodels = ["deconly-tiny"]\ninput_lens = [16]\noutput_lens = [6]\n'
                           "[repetitions]\nwarmup = 0\nmin_reps = 2\nmin_time_s = 0.0\n[limits]\ntimeout_s = 300\n")
     proc = subprocess.Popen([sys.executable, "-m", "slmbench.cli", "sweep", str(sweep_file), "--results",
-                             str(tmp_path / "r.jsonl"), "--cache-dir", str(cache_dir), "--inject-fault", "hang@|in16|"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             str(tmp_path / "r.jsonl"), "--cache-dir", str(cache_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, **{INJECT_ENV: "hang@|in16|"}))
     try:
         deadline, workers = time.monotonic() + 60, []
         while not workers and time.monotonic() < deadline:
@@ -231,7 +229,7 @@ def test_an_interrupt_under_heavy_load_ends_the_sweep_promptly(tmp_path, cache_d
                           "[repetitions]\nwarmup = 0\nmin_reps = 2\nmin_time_s = 0.0\n[limits]\ntimeout_s = 300\n")
     results = tmp_path / "r.jsonl"
     results.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(3)))  # rows an earlier run kept
-    env = dict(os.environ, SLMBENCH_INJECT_FAULT="hang@|in16|")
+    env = dict(os.environ, **{INJECT_ENV: "hang@|in16|"})
     proc = subprocess.Popen([sys.executable, "-m", "slmbench.cli", "sweep", str(sweep_file), "--results", str(results),
                              "--cache-dir", str(cache_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
@@ -271,7 +269,7 @@ def test_an_interrupted_sweep_whose_clean_up_sticks_still_exits_130_with_the_sta
             "run.RichSweepProgress.__exit__ = lambda self, *exc: time.sleep(3600)\n"
             f"sys.argv = ['slmbench', 'sweep', {str(sweep_file)!r}, '--results', {str(tmp_path / 'r.jsonl')!r}, "
             f"'--cache-dir', {str(cache_dir)!r}]\ncli.main()\n")
-    env = dict(os.environ, SLMBENCH_INJECT_FAULT="hang@|in16|")
+    env = dict(os.environ, **{INJECT_ENV: "hang@|in16|"})
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
     try:

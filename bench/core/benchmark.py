@@ -19,10 +19,11 @@ from slmbench.config import RunConfig, check_one_run
 from slmbench.core.child import in_fresh_process
 from slmbench.core.measure import Subject, generate, make_inputs, measure, summarize_subject
 from slmbench.errors import DeviceUnavailable
-from slmbench.exporters.artifact import NotCached, cached_only
+from slmbench.exporters.artifact import NotCached, cached_only, default_cache_dir
 from slmbench.exporters.precision import row_fields as precision_fields
 from slmbench.host.contention import MachineBusy, wait_until_quiet
 from slmbench.host.contention import warning as contention_warning
+from slmbench.host.cpus import allowed_cpus
 from slmbench.host.environment import environment
 from slmbench.host.hugepages import back_with_huge_pages
 from slmbench.host.memory import current_rss, peak_rss, reset_peak_rss
@@ -31,7 +32,6 @@ from slmbench.models import ModelSpec, resolve_model
 from slmbench.results import append_rows, check_writable
 from slmbench.rows import measured_row
 from slmbench.runners import select_runner
-from slmbench.runners.base import allowed_cpus
 
 
 @dataclass
@@ -104,8 +104,8 @@ def result_row(config: RunConfig, subject: Subject, loaded: Loaded, group: str, 
     roofline = None
     if config.precision in BYTES_PER_PARAM and not config.loop:  # overhead loops: no ceiling needed
         roofline = row_roofline(spec.config, config.precision, s.input_len, s.output_len, config.threads,
-                                (metrics.get("decode_tps") or {}).get("median"), batch,
-                                cache_dir=artifact.path.parent if artifact.path else None)
+                                artifact.path.parent if artifact.path else default_cache_dir(),
+                                (metrics.get("decode_tps") or {}).get("median"), batch)
     return measured_row(
         config, group, env,
         family=spec.family.value, parameters=spec.parameters, runtime_version=load.runtime_version,

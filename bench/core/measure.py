@@ -1,6 +1,6 @@
 """The measurement: one greedy fixed-length loop over a runner's primitives, and the timing.
 
-Timestamps come from `time.perf_counter_ns` at exactly these points (DESIGN.md section 3):
+Timestamps come from `time.perf_counter_ns` at exactly these points (docs/metrics.md):
 t_0 when the input ids are handed to the runtime; for an encoder-decoder, t_enc when the encoder
 (with the cross-attention K/V) is done; t_i when generated token i is on the host. EOS is ignored;
 generation always produces `output_len` tokens. Several subjects (models, runtimes) measured

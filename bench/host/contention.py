@@ -49,7 +49,7 @@ class Snapshot:
 
 
 def _cpus() -> int:
-    from slmbench.runners.base import allowed_cpus
+    from slmbench.host.cpus import allowed_cpus
 
     return allowed_cpus() or os.cpu_count() or 1
 

@@ -4,7 +4,7 @@ Batch-1 decoding streams every weight once per token. With 4 KiB pages that is ~
 misses per token for a 330M fp32 model, each a page walk (two-level under a VM's nested
 paging), and the hardware prefetcher stops at every page boundary. On this project's 2-core VM a
 deconly-330m decode step took 74-120 ms on 4 KiB pages and 65 ms on 2 MiB pages, run to run
-(bench/perf.py); numpy, which the bandwidth ceiling is measured with, already asks for huge
+(bench/tools/perf.py); numpy, which the bandwidth ceiling is measured with, already asks for huge
 pages for its large arrays. Where THP is `madvise` (Ubuntu's default) the runtimes' weight
 buffers get small pages unless someone asks, so after a load we ask: MADV_COLLAPSE (Linux 6.1+)
 rebuilds fully resident 2 MiB ranges of the process's anonymous memory as huge pages,

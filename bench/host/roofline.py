@@ -158,17 +158,16 @@ def _stamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def host_bandwidth(threads: int, refresh: bool = False, cache_dir: Path | str | None = None) -> dict:
+def host_bandwidth(threads: int, cache_dir: Path | str, refresh: bool = False) -> dict:
     """This machine's read bandwidth at `threads`: the best quiet reading it has given, stored in
-    `bandwidth.json` beside the artifact cache, keyed by machine identity and threads (under a lock:
-    two sweeps may ask at once). `refresh` measures again and keeps the better of the two; a
+    `bandwidth.json` beside the artifact cache `cache_dir`, keyed by machine identity and threads
+    (under a lock: two sweeps may ask at once). `refresh` measures again and keeps the better of the two; a
     reading the machine was too busy for is used (if it is the best) but never stored."""
-    from slmbench.exporters.artifact import default_cache_dir
     from slmbench.host.contention import MachineBusy, wait_until_quiet
     from slmbench.host.environment import this_machine
 
     key = f"{this_machine()['id']}|t{threads}"
-    path = Path(cache_dir).parent / "bandwidth.json" if cache_dir else default_cache_dir().parent / "bandwidth.json"
+    path = Path(cache_dir).parent / "bandwidth.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -196,8 +195,8 @@ def host_bandwidth(threads: int, refresh: bool = False, cache_dir: Path | str | 
         return best
 
 
-def row_roofline(cfg, precision: str, input_len: int, output_len: int, threads: int,
-                 decode_tps: float | None = None, batch: int = 1, cache_dir=None) -> dict:
+def row_roofline(cfg, precision: str, input_len: int, output_len: int, threads: int, cache_dir: Path | str,
+                 decode_tps: float | None = None, batch: int = 1) -> dict:
     """The ceiling a result row is read against: bytes per decode token at the mean position of
     the generation, the machine's bandwidth, the tokens/s those allow at batch 1, and (given the
     measured decode tokens/s) the fraction of that ceiling reached. A decode faster than the
@@ -212,9 +211,9 @@ def row_roofline(cfg, precision: str, input_len: int, output_len: int, threads: 
                 "bound": f"none: {need['bytes_per_token'] >> 20} MiB per token fits in {CACHE_MULTIPLE}x the "
                          f"{llc >> 20} MiB last-level cache, so DRAM bandwidth does not bound it"}
     per_sequence = decode_tps / batch if decode_tps else None
-    reading, remeasured = host_bandwidth(threads, cache_dir=cache_dir), False
+    reading, remeasured = host_bandwidth(threads, cache_dir), False
     if per_sequence and per_sequence > ceiling_tokens_per_s(need["bytes_per_token"], reading["read_bytes_per_s"]):
-        reading, remeasured = host_bandwidth(threads, refresh=True, cache_dir=cache_dir), True
+        reading, remeasured = host_bandwidth(threads, cache_dir, refresh=True), True
     bandwidth = reading["read_bytes_per_s"]
     ceiling = ceiling_tokens_per_s(need["bytes_per_token"], bandwidth)
     fraction = per_sequence / ceiling if per_sequence else None

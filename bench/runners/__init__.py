@@ -65,4 +65,29 @@ def device_table() -> list[dict]:
     return rows
 
 
-__all__ = ["Availability", "DEVICES", "LoadInfo", "RUNNERS", "Runner", "device_table", "select_runner"]
+def runtime_precisions(runtime: str) -> tuple[str, ...] | None:
+    """The precisions a runtime offers: its artifact format's recipes, or the PRECISIONS its runner
+    module declares (None when unknown)."""
+    import importlib
+
+    from slmbench.exporters.precision import SUPPORTED
+
+    cls = RUNNERS.get(runtime)
+    if cls is None:
+        return None
+    if cls.artifact_format in SUPPORTED:
+        return SUPPORTED[cls.artifact_format]
+    declared = getattr(importlib.import_module(cls.__module__), "PRECISIONS", None)
+    return tuple(declared) if declared is not None else None
+
+
+def precision_unsupported(runtime: str, precision_name: str) -> str:
+    """Empty when `runtime` offers `precision_name` (or cannot say), else a one-line reason."""
+    offered = runtime_precisions(runtime)
+    if offered is None or precision_name in offered:
+        return ""
+    return f"{runtime} does not support precision {precision_name} (supported: {', '.join(offered)})"
+
+
+__all__ = ["Availability", "DEVICES", "LoadInfo", "RUNNERS", "Runner", "device_table", "precision_unsupported",
+           "select_runner"]

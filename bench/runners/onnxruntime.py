@@ -15,10 +15,11 @@ import time
 import numpy as np
 
 from slmbench.errors import DeviceUnavailable
-from slmbench.runners.base import Availability, LoadInfo, Runner, default_threads
+from slmbench.exporters.onnx import past_dtype
+from slmbench.host.cpus import default_threads
+from slmbench.runners.base import Availability, LoadInfo, Runner
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 class OnnxRuntimeRunner(Runner):
@@ -50,8 +51,11 @@ class OnnxRuntimeRunner(Runner):
 
     def prepare(self, spec, precision, cache_dir=None, force=False):
         from slmbench.exporters.onnx import onnx_artifact
+        from slmbench.exporters.quantize_onnx import quantized_onnx_artifact
 
-        return onnx_artifact(spec, precision, cache_dir, force)
+        if precision == "fp32":
+            return onnx_artifact(spec, precision, cache_dir, force)
+        return quantized_onnx_artifact(spec, precision, cache_dir, force)
 
     def _session(self, path):
         import onnxruntime as ort
@@ -199,20 +203,8 @@ class OnnxRuntimeRunner(Runner):
         self.decoder = self.encoder = self.binding = None
 
 
-def past_dtype(session, past_names: list[str]):
-    """The numpy dtype of the decoder's past K/V inputs, as the graph declares it (fp32 or fp16)."""
-    from slmbench.exporters.artifact import ArtifactError
-
-    types = {i.name: i.type for i in session.get_inputs() if i.name in past_names}
-    found = {types[n] for n in past_names if n in types}
-    if len(found) != 1 or next(iter(found)) not in _FLOAT_TYPES:
-        raise ArtifactError(f"decoder past K/V inputs have types {sorted(found) or 'none'}; expected one of "
-                            f"{', '.join(_FLOAT_TYPES)} (re-export the artifact)")
-    return _FLOAT_TYPES[found.pop()]
-
-
 def check_provider(requested: str, got: list[str]) -> None:
-    """ONNX Runtime falls back to CPU with only a warning; refuse that (DESIGN.md section 4)."""
+    """ONNX Runtime falls back to CPU with only a warning; refuse that (docs/environment.md)."""
     if not got or got[0] != requested:
         raise DeviceUnavailable(f"onnxruntime fell back to {got[0] if got else 'nothing'} instead of "
                                 f"{requested}; refusing to report CPU numbers as another device's")

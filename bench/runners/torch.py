@@ -135,7 +135,7 @@ class TorchRunner(Runner):
         """Cast the parameters and move the module to the device (the torch runner's 'load')."""
         import torch
 
-        from slmbench.runners.base import default_threads
+        from slmbench.host.cpus import default_threads
 
         manifest = artifact.manifest
         self.threads = self.threads or default_threads()

@@ -6,7 +6,7 @@ that names the key and the allowed values (`SweepFileError`), raised before anyt
 
 Expansion turns the grid into `Configuration`s: each is one worker process. An encoder-decoder
 and its decoder-only partner of the same budget (models.presets.PAIRS) form one configuration,
-so their repetitions interleave and their ratio is measured in the same run (DESIGN.md §3).
+so their repetitions interleave and their ratio is measured in the same run (docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 from slmbench.config import LIMITS, RunConfig, RunSettings
 from slmbench.errors import BenchError, InvalidOption
 from slmbench.exporters.precision import PRECISIONS as RECIPES
-from slmbench.exporters.precision import precision_unsupported
-from slmbench.runners.base import default_threads
+from slmbench.host.cpus import default_threads
+from slmbench.runners import precision_unsupported
 
 # Precision names a sweep may ask for: the exporters' recipes plus bf16 (PyTorch runner). Whether a
 # given runtime supports one is its runner's call: a configuration it refuses is a failed row.

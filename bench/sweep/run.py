@@ -29,7 +29,7 @@ from slmbench.host.environment import machine_of, this_machine
 from slmbench.results import append_rows, check_writable, read_rows
 from slmbench.rows import failed_row
 from slmbench.sweep.files import Configuration, Sweep
-from slmbench.sweep.worker import INJECT_ENV, OOM_WORDS
+from slmbench.sweep.worker import OOM_WORDS
 
 KILL_WAIT_S = 5.0  # how long an interrupted sweep waits for its killed worker
 
@@ -276,7 +276,6 @@ def run_configuration(
     index: int,
     timeout_s: float,
     cache_dir=None,
-    inject: str | None = None,
     on_progress=lambda text: None,
 ) -> tuple[list[dict], str | None]:
     """Measure one configuration in a child process. Returns (rows, None) or (failed rows, error)."""
@@ -286,8 +285,6 @@ def run_configuration(
            "parent": os.getpid()}
     job_path.write_text(json.dumps(job))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if inject:
-        env[INJECT_ENV] = inject
     child = _Child(job_path, env, on_progress)
     try:
         finished = child.wait(timeout_s)
@@ -337,7 +334,6 @@ def run_sweep(
     timeout_s: float | None = None,
     memory_limit_gb: float | None = None,
     cache_dir=None,
-    inject: str | None = None,
     progress: SweepProgress | None = None,
 ) -> SweepOutcome:
     """Run every configuration not yet measured; see the module docstring for what can go wrong."""
@@ -383,7 +379,7 @@ def run_sweep(
             for index, (config, cost) in enumerate(zip(todo, costs, strict=True)):
                 progress.begin(config)
                 rows, error = run_configuration(
-                    config, Path(workdir), index, timeout_s, cache_dir, inject, progress.update
+                    config, Path(workdir), index, timeout_s, cache_dir, progress.update
                 )
                 _append_together(results, rows, outcome.rows)
                 if error:

@@ -16,8 +16,6 @@ Figures are printed and appended as one JSON line to --out. Speed claims live he
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,20 +43,20 @@ def _export_times(specs, runtimes, cache_dir: Path) -> dict:
     return out
 
 
+def _alone(model: str, runtime: str, input_len: int, output_len: int, threads: int, cache_dir: Path) -> dict:
+    """One repetition of one model, with nothing else measured in this process: its row."""
+    from slmbench.config import RunConfig, RunSettings
+    from slmbench.core.benchmark import run_benchmark
+
+    settings = RunSettings(input_len=input_len, output_len=output_len, warmup=0, min_reps=1, min_time_s=0.0)
+    config = RunConfig.create(model, "cpu", runtime, settings=settings, threads=threads)
+    return run_benchmark([config], cache_dir=cache_dir, log=lambda message: None)[0]
+
+
 def _peak_rss(model: str, runtime: str, input_len: int, output_len: int, threads: int, cache_dir: Path) -> dict:
-    """One model alone in a child process: its peak RSS while generating (the counter is reset
+    """One model alone in a fresh process: its peak RSS while generating (the counter is reset
     after load) and its peak while importing, exporting and loading, both from the row."""
-    with tempfile.TemporaryDirectory() as tmp:
-        results = Path(tmp) / "rss.jsonl"
-        child = subprocess.Popen([sys.executable, "-m", "slmbench.cli", "run", "-m", model, "-r", runtime,
-                                  "-i", str(input_len), "-o", str(output_len), "-t", str(threads), "--warmup", "0",
-                                  "--min-reps", "1", "--min-time", "0", "--results", str(results),
-                                  "--cache-dir", str(cache_dir)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, stderr = child.communicate()
-        if child.returncode:
-            raise RuntimeError(f"peak-RSS run of {model} on {runtime} failed: {stderr.decode()[-500:]}")
-        row = json.loads(results.read_text().splitlines()[-1])
+    row = in_fresh_process(_alone, model, runtime, input_len, output_len, threads, cache_dir)
     weights = row["artifact"]["weight_bytes"]
     return {"model": model, "runtime": runtime, "weight_bytes": weights, "run_peak_rss_bytes": row["peak_rss_bytes"],
             "run_ratio": row["peak_rss_bytes"] / weights, "process_peak_rss_bytes": row.get("load_peak_rss_bytes")}
@@ -94,11 +92,12 @@ def main(models, runtimes, input_len, output_len, threads, min_reps, out, cache_
     from rich.table import Table
 
     from slmbench.config import RunSettings
+    from slmbench.exporters.artifact import default_cache_dir
+    from slmbench.host.cpus import default_threads
     from slmbench.host.environment import environment, this_machine
     from slmbench.host.roofline import host_bandwidth, row_roofline
     from slmbench.models import resolve_model
     from slmbench.runners import RUNNERS
-    from slmbench.runners.base import default_threads
     from slmbench.tools.overhead import measure_overhead, overhead_ratios
 
     console = Console(width=160)
@@ -109,7 +108,8 @@ def main(models, runtimes, input_len, output_len, threads, min_reps, out, cache_
                "input_len": input_len, "output_len": output_len, "environment": environment(),
                "machine": this_machine(), "goals": GOALS}
 
-    bandwidth = host_bandwidth(threads, refresh=True)
+    store = cache_dir or default_cache_dir()  # the bandwidth readings sit beside it
+    bandwidth = host_bandwidth(threads, store, refresh=True)
     summary["bandwidth"] = bandwidth
     latest = bandwidth.get("latest") or bandwidth
     console.print(f"memory bandwidth ({threads} threads, {bandwidth['buffer_bytes'] >> 20} MiB): read "
@@ -145,7 +145,7 @@ def main(models, runtimes, input_len, output_len, threads, min_reps, out, cache_
                 ratio = overhead_ratios(rows)[0]
                 harness = next(r for r in rows if r["loop"] == "harness")
                 tps = harness["metrics"]["decode_tps"]["median"]
-                roof = row_roofline(spec.config, "fp32", input_len, output_len, threads, tps)
+                roof = row_roofline(spec.config, "fp32", input_len, output_len, threads, store, tps)
                 speed.append({"runtime": runtime, "model": spec.name, "family": spec.family.value,
                               "overhead_ttft": ratio["overhead_ttft"], "overhead_step": ratio["overhead_step"],
                               "ttft_s": harness["metrics"]["ttft_s"]["median"], "decode_tps": tps,

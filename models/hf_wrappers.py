@@ -8,7 +8,7 @@ the tensors it is given, lets the model's own forward run (and grow it in place)
 tensors back. Under the legacy ONNX tracer that object is plain Python, so the exported graph sees
 only tensors.
 
-Hazards handled here (DESIGN.md section 4):
+Hazards handled here (docs/environment.md):
 - eager attention only: the sdpa path decides "no mask needed" from the traced shapes (one new
   token), which would bake a mask-free graph that is wrong for the prompt;
 - the cache layers are filled directly, never with `update` on an empty layer (that concatenates
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from slmbench.errors import BenchError
-from slmbench.exporters import parity
+from slmbench.models import reference as parity
 
 # Where each encoder-decoder keeps its cross-attention K/V projections, per decoder layer:
 # (layer list under the decoder, cross-attention module within a layer, key proj, value proj).
@@ -273,7 +273,7 @@ def load_adapter(spec) -> _Adapter:
     auto = AutoModelForSeq2SeqLM if ed else AutoModelForCausalLM
     from safetensors import SafetensorError
 
-    from slmbench.models.hf import CheckpointError
+    from slmbench.models.config import CheckpointError
 
     try:
         with _quiet_transformers():
