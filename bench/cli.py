@@ -104,12 +104,18 @@ def _cache_option(f):
 
 
 def _trust_option(f):
-    """--trust-remote-code: an environment variable, so sweep worker processes inherit it."""
+    """--trust-remote-code: SLMBENCH_TRUST_REMOTE_CODE (models/hf.py) for the command's duration,
+    so the processes it starts (sweep workers, exports) inherit it; restored when it returns."""
     def remember(ctx, param, value):
         if value:
             import os
 
-            os.environ["SLMBENCH_TRUST_REMOTE_CODE"] = "1"  # read by slmbench.models.hf
+            from slmbench.models.hf import TRUST_ENV
+
+            previous = os.environ.get(TRUST_ENV)
+            os.environ[TRUST_ENV] = "1"
+            ctx.call_on_close(lambda: os.environ.pop(TRUST_ENV) if previous is None
+                              else os.environ.__setitem__(TRUST_ENV, previous))
 
     return click.option("--trust-remote-code", is_flag=True, expose_value=False, callback=remember,
                         help="Let hf: checkpoints run their own Python code (off by default; only code you "

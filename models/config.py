@@ -74,11 +74,6 @@ class ArchConfig:
     def is_encoder_decoder(self) -> bool:
         return self.family is Family.ENCODER_DECODER
 
-    @property
-    def kv_layers(self) -> int:
-        """Decoder layers, each holding one self-attention K and V cache."""
-        return self.decoder_layers
-
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["family"] = self.family.value

@@ -120,3 +120,21 @@ def test_report_output_that_cannot_be_a_folder_is_one_line(tmp_path):
     assert done.exit_code == 0 and (tmp_path / "only-failed" / "report.md").is_file(), done.output
     _one_line_exit_2(CliRunner().invoke(cli, ["report", str(rows), "--out", str(rows)]), "cannot write the report")
     _one_line_exit_2(CliRunner().invoke(cli, ["report", str(rows), "--out", "/proc/nope"]), "cannot write the report")
+
+
+def test_a_command_leaves_no_global_state_changed(monkeypatch):
+    """The warning display and --trust-remote-code's environment variable are the command's own:
+    both are back as they were when it returns, error or not."""
+    import os
+    import warnings
+
+    from slmbench.models.hf import TRUST_ENV
+
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    shown = warnings.showwarning
+    result = CliRunner().invoke(cli, ["export", "-m", "no-such-model", "--trust-remote-code"])
+    assert result.exit_code == 2 and "unknown model" in result.output
+    assert warnings.showwarning is shown and TRUST_ENV not in os.environ
+    monkeypatch.setenv(TRUST_ENV, "0")
+    CliRunner().invoke(cli, ["export", "-m", "no-such-model", "--trust-remote-code"])
+    assert os.environ[TRUST_ENV] == "0"

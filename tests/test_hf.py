@@ -351,7 +351,7 @@ def test_trust_remote_code_is_off_unless_asked(checkpoint, monkeypatch, tmp_path
     assert resolve_model(f"hf:{folder}").trust_remote_code is False
     result = CliRunner().invoke(cli, ["run", "--trust-remote-code", "-m", f"hf:{bad}"])
     assert result.exit_code == 2
-    assert resolve_model(f"hf:{folder}").trust_remote_code is True
+    assert resolve_model(f"hf:{folder}").trust_remote_code is False  # the flag does not outlive its command
 
 
 def test_cli_run_accepts_hf_models(checkpoint, cache_dir, tmp_path):

@@ -25,12 +25,12 @@ class Availability:
 
 @dataclass
 class LoadInfo:
-    load_s: float  # wall time from nothing to ready, compile included
     compile_s: float | None  # session creation / model compile alone, where the runtime separates it
     device_executed: str  # what the runtime says ran (never just the requested name)
     device_info: dict = field(default_factory=dict)
     runtime_version: str = ""
     options: dict = field(default_factory=dict)  # every setting that affects speed, as applied
+    load_s: float | None = None  # wall time of runner.load(), compile included: set by whoever timed it
 
 
 class Runner(ABC):
@@ -42,7 +42,6 @@ class Runner(ABC):
         self.device = device
         self.threads = threads
         self.options = dict(options or {})
-        self.family: str | None = None
 
     @classmethod
     @abstractmethod

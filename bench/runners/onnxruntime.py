@@ -82,7 +82,6 @@ class OnnxRuntimeRunner(Runner):
 
         self.threads = self.threads or default_threads()
         manifest = artifact.manifest
-        self.family = manifest["family"]
         self.kv = manifest["kv"]
         started = time.perf_counter()
         self.decoder = self._session(artifact.graph_path("decoder"))
@@ -101,7 +100,7 @@ class OnnxRuntimeRunner(Runner):
             info.update(cuda_device_info())
             info.update(ort_cuda_build())
             info["provider_options"] = self.decoder.get_provider_options().get(_PROVIDERS["cuda"], {})
-        return LoadInfo(load_s=compile_s, compile_s=compile_s, device_executed=self.decoder.get_providers()[0],
+        return LoadInfo(compile_s=compile_s, device_executed=self.decoder.get_providers()[0],
                         device_info=info, runtime_version=ort.__version__,
                         options={"intra_op_num_threads": self.threads, "inter_op_num_threads": 1,
                                  "graph_optimization_level": "ORT_ENABLE_ALL", "io_binding": True,

@@ -140,7 +140,6 @@ class TorchRunner(Runner):
         manifest = artifact.manifest
         self.threads = self.threads or default_threads()
         torch.set_num_threads(self.threads)
-        self.family = manifest["family"]
         self.precision = manifest["precision"]
         self.dtype = getattr(torch, check_precision(self.precision))
         kv = manifest["kv"]
@@ -152,7 +151,6 @@ class TorchRunner(Runner):
             before = torch.cuda.memory_allocated(self.torch_device)
         else:
             self.torch_device = torch.device("cpu")
-        started = time.perf_counter()
         model = artifact.module.to(self.torch_device)
         with torch.no_grad():
             for param in model.parameters():
@@ -161,7 +159,6 @@ class TorchRunner(Runner):
         if self.cuda:
             torch.cuda.synchronize(self.torch_device)
             self._resident = torch.cuda.memory_allocated(self.torch_device) - before
-        load_s = time.perf_counter() - started
         executed = str(next(self.model.parameters()).device)
         info = {"torch_device": executed}
         options = {"precision": self.precision, "dtype": str(self.dtype).removeprefix("torch."),
@@ -175,7 +172,7 @@ class TorchRunner(Runner):
             matmul = torch.backends.cuda.matmul
             options["cuda_matmul_allow_tf32"] = matmul.allow_tf32
             options["cuda_matmul_fp32_precision"] = getattr(matmul, "fp32_precision", None)
-        return LoadInfo(load_s=load_s, compile_s=None, device_executed=executed, device_info=info,
+        return LoadInfo(compile_s=None, device_executed=executed, device_info=info,
                         runtime_version=torch.__version__, options=options)
 
     def start(self, input_ids: np.ndarray, max_new_tokens: int) -> None:
