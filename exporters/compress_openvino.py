@@ -8,7 +8,8 @@
 Deriving from the fp32 artifact means every mode (stateful, static, npuw) gets every precision
 through the same code, and the fp32 graph it starts from has already passed the 1e-4 parity check.
 The accuracy against fp32 PyTorch is measured on OpenVINO CPU at f32 compute (EXACT_CPU), so it is
-the artifact's error, not the plugin's compute precision (that is recorded per result row).
+the artifact's error, not the plugin's compute precision (that is recorded per result row); it runs
+through the session the runner passes in for the artifact's mode, as the fp32 parity check does.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from slmbench.errors import BenchError
-from slmbench.exporters import parity, precision
+from slmbench.exporters import openvino as ov_exporter
+from slmbench.exporters import parity, precision, static
 from slmbench.exporters.artifact import Artifact, code_digest, ensure_artifact
+from slmbench.exporters.openvino import EXACT_CPU, SessionFactory, exact_session
 from slmbench.exporters.precision import Recipe
 from slmbench.models.spec import ModelSpec
 
@@ -82,24 +86,11 @@ def convert_graph(source: Path, target: Path, rec: Recipe) -> dict[str, int]:
     return constant_types(ov.Core().read_model(str(target)))
 
 
-def _candidate(source: Artifact, out: Path, cfg):
-    """Teacher-forced logits through the session the artifact's mode runs with, on CPU at f32."""
-    from slmbench.exporters.openvino import StatefulSession, compile_exact
-    from slmbench.exporters.static import NpuwSession, StaticSession
-
-    manifest, mode = source.manifest, source.manifest["variant"]["mode"]
-    graphs, kv = manifest["graphs"], manifest["kv"]
-
+def _candidate(source: Artifact, out: Path, cfg, session: SessionFactory):
+    """Teacher-forced logits of the converted graphs in `out`, through the session the artifact's mode
+    runs with, on CPU at f32."""
     def run(prompt, forced):
-        compiled = {role: compile_exact(out / g["file"]) for role, g in graphs.items()}
-        inputs = graphs["decoder"]["inputs"]
-        if mode == "stateful":
-            session = StatefulSession(compiled["decoder"], compiled.get("encoder"), kv, inputs)
-        elif mode == "npuw":
-            session = NpuwSession(compiled["decoder"], kv, inputs)
-        else:
-            session = StaticSession(compiled, graphs, manifest["static"], kv, cfg.is_encoder_decoder)
-        return parity.teacher_forced(session, cfg, prompt, forced)
+        return parity.teacher_forced(exact_session(out, source.manifest, session), cfg, prompt, forced)
 
     return run
 
@@ -114,14 +105,12 @@ def accuracy_inputs_for(source: Artifact, cfg):
                                      steps=max(0, min(precision.ACCURACY_STEPS, static["response_len"] - 1)))
 
 
-def export_compressed(spec: ModelSpec, out: Path, source: Artifact, rec: Recipe) -> dict:
+def export_compressed(spec: ModelSpec, out: Path, source: Artifact, rec: Recipe, session: SessionFactory) -> dict:
     """Every graph of the fp32 IR `source` converted by `rec`, then its accuracy measured."""
-    from slmbench.exporters.openvino import EXACT_CPU
-
     cfg = spec.config
     graphs = source.manifest["graphs"]
     types = {role: convert_graph(source.path / g["file"], out / g["file"], rec) for role, g in graphs.items()}
-    accuracy = precision.measure_accuracy(spec.build(), cfg, _candidate(source, out, cfg),
+    accuracy = precision.measure_accuracy(spec.build(), cfg, _candidate(source, out, cfg, session),
                                           f"openvino-{source.manifest['variant']['mode']}(CPU, f32)", rec,
                                           inputs=accuracy_inputs_for(source, cfg), config=EXACT_CPU)
     versions = dict(source.manifest.get("versions", {}))
@@ -135,17 +124,15 @@ def export_compressed(spec: ModelSpec, out: Path, source: Artifact, rec: Recipe)
     return manifest
 
 
-def compressed_openvino_artifact(spec: ModelSpec, precision_name: str, mode: str, cache_dir=None,
-                                 force: bool = False, prompt_len: int | None = None,
-                                 response_len: int | None = None) -> tuple[Artifact, bool]:
-    """The fp16/int8/int4 IR of `spec` in `mode`, derived from (and exporting if needed) fp32."""
-    from slmbench.exporters import openvino as ov_exporter
-    from slmbench.exporters import static
-
+def compressed_openvino_artifact(spec: ModelSpec, precision_name: str,
+                                 fp32: Callable[[], tuple[Artifact, bool]], session: SessionFactory,
+                                 cache_dir=None, force: bool = False) -> tuple[Artifact, bool]:
+    """The fp16/int8/int4 IR of `spec`, derived from the fp32 IR that `fp32()` returns (exporting it
+    if needed) in the same mode; its accuracy is measured through `session`."""
     rec = precision.openvino_recipe(precision_name, spec.config)
-    source, _ = ov_exporter.openvino_artifact(spec, "fp32", mode, cache_dir, False, prompt_len, response_len)
+    source, _ = fp32()
     variant = {**source.manifest["variant"], "precision": precision_name, "recipe": rec.to_dict(),
                "source": source.key}  # a changed fp32 artifact invalidates this one
     code = code_digest(ov_exporter.__file__, static.__file__, parity.__file__, precision.__file__, __file__)
-    export = lambda s, out, v: export_compressed(s, out, source, rec)
+    export = lambda s, out, v: export_compressed(s, out, source, rec, session)
     return ensure_artifact(spec, "openvino", variant, export, code, cache_dir, force)

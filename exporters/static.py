@@ -1,4 +1,4 @@
-"""Static shapes for the Intel NPU (which compiles static shapes only), testable on CPU.
+"""Graphs for the Intel NPU (which compiles static shapes only), built from torch, testable on CPU.
 
 `static` mode (ours; the portable scheme openvino.genai used before NPUW_LLM), batch 1:
 - encoder-decoder: an encoder [1,P] (left-padded, mask on real tokens; Mu's encoder positions are
@@ -7,14 +7,16 @@
   the real tokens) and a decode step [1,1].
 - the decode step takes the self-attention KV as explicit tensors of fixed capacity C
   (decoder-only P+R-1, encoder-decoder R), a mask [1,C+1] (the last slot is the current token) and
-  its position id, and outputs only the new KV row. The harness keeps one preallocated buffer per
-  KV tensor, bound to the request once, and writes each new row into the next slot: no per-step
-  full-cache copy and no tensor that changes shape.
+  its position id, and outputs only the new KV row (the runner writes it into its own buffers).
 Masked slots get exactly zero attention weight, so padding changes no logit; the parity check
 runs several prompt lengths from 1 to P against the unpadded PyTorch model.
 
-`npuw` mode helpers (decoder-only, NPU only): the NPU plugin's LLM pipeline configuration and the
-by-name i64 input feeding it needs; the IR itself comes from slmbench.exporters.openvino.
+`npuw` mode (decoder-only, NPU only): a stateful IR in the layout the NPU plugin's LLM pipeline
+expects: inputs input_ids, attention_mask, position_ids, beam_idx; state past_key_values.i.key ->
+present.i.key; logits for every position. Exported from torch (the ONNX graph has no mask input).
+
+The sessions that run these graphs belong to the runner, which passes one in as a factory
+(slmbench.exporters.openvino.SessionFactory) for the parity check before caching.
 """
 
 from __future__ import annotations
@@ -23,12 +25,22 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from slmbench.errors import InvalidOption
 from slmbench.exporters import parity
-from slmbench.exporters.artifact import ArtifactError
+from slmbench.exporters.artifact import Artifact, ArtifactError, ensure_artifact
 from slmbench.exporters.onnx import OPSET, kv_layout, kv_names
+from slmbench.exporters.openvino import (
+    EXACT_CPU,
+    SessionFactory,
+    check_parity,
+    exact_session,
+    ir_code,
+    ov_version,
+    read_onnx,
+    rename_ports,
+    save_ir,
+)
+from slmbench.models.spec import ModelSpec
 
 # ---- the graphs ----
 
@@ -72,8 +84,6 @@ def require_native(model, what: str) -> None:
     from slmbench.models.families import DecoderOnly, EncoderDecoder
 
     if not isinstance(model, DecoderOnly | EncoderDecoder):
-        from slmbench.errors import InvalidOption
-
         raise InvalidOption(
             f"{what} graphs are built for slmbench's own architectures (the presets), not hf: checkpoints; "
             "run this checkpoint with --ov-mode stateful"
@@ -184,11 +194,9 @@ def _wrappers(model, cfg, capacity: int):
     return Encoder().eval(), Prefill().eval(), Decode().eval()
 
 
-def export_static(spec, out: Path, variant: dict) -> dict:
+def export_static(spec: ModelSpec, out: Path, variant: dict, session: SessionFactory) -> dict:
     """Static ONNX graphs from torch, read into OpenVINO and saved as IR; parity on OpenVINO CPU."""
     import torch
-
-    from slmbench.exporters.openvino import EXACT_CPU, ov_version, read_onnx, rename_ports, save_ir
 
     cfg = spec.config
     shapes = {k: variant[k] for k in ("prompt_len", "response_len", "kv_capacity")}
@@ -229,7 +237,7 @@ def export_static(spec, out: Path, variant: dict) -> dict:
                 if port.get_partial_shape().is_dynamic:
                     raise ArtifactError(f"static {role} input {port.get_any_name()} is dynamic")
             save_ir(ir, out / graph["file"])
-    result = static_parity(model, cfg, out, graphs, shapes)
+    result = static_parity(model, cfg, out, graphs, shapes, session=session)
     return {
         "graphs": graphs,
         "kv": kv_layout(cfg),
@@ -255,19 +263,19 @@ def static_parity(
     shapes: dict,
     lengths=None,
     tolerance: float = parity.FP32_TOLERANCE,
+    *,
+    session: SessionFactory,
 ) -> dict:
-    """Logits of the padded static graphs (OpenVINO CPU, f32) against unpadded PyTorch, per length."""
-    from slmbench.exporters.openvino import compile_exact
-
-    compiled = {role: compile_exact(folder / g["file"]) for role, g in graphs.items()}
-    session = StaticSession(compiled, graphs, shapes, kv_layout(cfg), cfg.is_encoder_decoder)
+    """Logits of the padded static graphs (OpenVINO CPU, f32) against unpadded PyTorch, per length,
+    through one session made by `session`."""
+    run = exact_session(folder, {"graphs": graphs, "kv": kv_layout(cfg), "static": shapes}, session)
     steps = min(3, shapes["response_len"] - 1)
     per_length, worst = {}, 0.0
     for n in lengths or parity_lengths(shapes["prompt_len"]):
         prompt, forced = parity.parity_inputs(cfg.vocab_size, batch=1, prompt=n, steps=steps, seed=1000 + n)
         result = parity.compare(
             parity.torch_step_logits(model, cfg, prompt, forced),
-            parity.teacher_forced(session, cfg, prompt, forced),
+            parity.teacher_forced(run, cfg, prompt, forced),
             tolerance,
             "openvino-static",
         )
@@ -290,264 +298,133 @@ def static_parity(
     return out
 
 
-# ---- the harness ----
+def static_artifact(spec: ModelSpec, prompt_len: int | None, response_len: int | None, session: SessionFactory,
+                    cache_dir=None, force: bool = False) -> tuple[Artifact, bool]:
+    """The fp32 static graphs of `spec` for (prompt_len, response_len), checked through `session`."""
+    variant = {"precision": "fp32", "mode": "static", **static_shapes(spec.config, prompt_len, response_len)}
+    export = lambda s, out, v: export_static(s, out, v, session)
+    return ensure_artifact(spec, "openvino", variant, export, ir_code(__file__), cache_dir, force)
 
 
-def _run(request) -> None:
-    """Infer without the Python wrapper's copy of every output into a dict."""
-    request.start_async()
-    request.wait()
+# ---- npuw: the NPU plugin's LLM pipeline input layout (decoder-only) ----
 
 
-class StaticSession:
-    """Batch-1 generation over the static graphs with preallocated, once-bound buffers."""
-
-    def __init__(self, compiled: dict, graphs: dict, shapes: dict, kv: dict, encoder_decoder: bool):
-        import openvino as ov
-
-        self._ov = ov
-        self.encoder_decoder = encoder_decoder
-        self.p, self.r, self.c = shapes["prompt_len"], shapes["response_len"], shapes["kv_capacity"]
-        layers, h, d = kv["layers"], kv["kv_heads"], kv["head_dim"]
-        self._tensors = []  # keeps every shared buffer's ov.Tensor alive
-        self.past = {name: np.zeros((1, h, self.c, d), np.float32) for name in kv_names(layers, "past")}
-        self.ids, self.pos = np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64)
-        self.mask = np.zeros((1, self.c + 1), np.int64)
-        self.dec = compiled["decoder"].create_infer_request()
-        self._require(compiled["decoder"], graphs["decoder"]["inputs"], "static decoder")
-        self._dec_inputs = set(graphs["decoder"]["inputs"])
-        self._bound: set[str] = set()
-        self._bind(
-            self.dec,
-            {"input_ids": self.ids, "attention_mask": self.mask, "position_ids": self.pos, **self.past},
-            self._bound,
-        )
-        self.new_rows = [
-            (name, compiled["decoder"].output(name.replace("past_", "new_", 1))) for name in self.past
-        ]
-        self.dec_out = compiled["decoder"].output("next_token"), compiled["decoder"].output("logits")
-        if encoder_decoder:
-            self.enc = compiled["encoder"].create_infer_request()
-            self.src, self.src_mask = np.zeros((1, self.p), np.int64), np.zeros((1, self.p), np.int64)
-            enc_bound: set[str] = set()
-            self._bind(self.enc, {"input_ids": self.src, "attention_mask": self.src_mask}, enc_bound)
-            self._require(compiled["encoder"], enc_bound, "static encoder")
-            self._bind(self.dec, {"encoder_attention_mask": self.src_mask}, self._bound)
-            self.cross = kv_names(layers, "cross")
-        else:
-            self.pre = compiled["prefill"].create_infer_request()
-            self.pre_ids, self.pre_mask, self.pre_pos = (np.zeros((1, self.p), np.int64) for _ in range(3))
-            pre_bound: set[str] = set()
-            self._bind(
-                self.pre,
-                {"input_ids": self.pre_ids, "attention_mask": self.pre_mask, "position_ids": self.pre_pos},
-                pre_bound,
-            )
-            self._require(compiled["prefill"], pre_bound, "static prefill")
-            self.present = [
-                (name, compiled["prefill"].output(name.replace("past_", "present_", 1))) for name in self.past
-            ]
-            self.pre_out = compiled["prefill"].output("next_token"), compiled["prefill"].output("logits")
-
-    def _bind(self, request, arrays: dict, bound: set) -> None:
-        for name, array in arrays.items():
-            tensor = self._ov.Tensor(array, shared_memory=True)
-            self._tensors.append(tensor)
-            request.set_tensor(name, tensor)
-            bound.add(name)
-
-    @staticmethod
-    def _require(compiled, bound: set, what: str) -> None:
-        from slmbench.exporters.openvino import require_inputs
-
-        require_inputs(compiled, bound, what)
-
-    def start(self, input_ids: np.ndarray, max_new_tokens: int) -> None:
-        batch, n = input_ids.shape
-        if batch != 1:
-            raise InvalidOption(f"static mode runs batch 1, got batch {batch}")
-        if n > self.p:
-            raise InvalidOption(
-                f"a prompt of {n} tokens exceeds the static prompt length {self.p}; export for a longer input"
-            )
-        if max_new_tokens > self.r:
-            raise InvalidOption(f"{max_new_tokens} new tokens exceed the static response length {self.r}")
-        # Slots of an earlier request keep finite values and are masked out: no need to zero them.
-        self.mask[...] = 0
-        self.mask[0, self.c] = 1  # the current token's own key (the graph appends it last)
-        self.n = n
-        self.slot = 0 if self.encoder_decoder else self.p
-        self.position = 0 if self.encoder_decoder else n
-        self.prefilled = self.encoder_decoder
-        self._checked = False
-        self._last = None
-
-    def encode(self, input_ids: np.ndarray) -> None:
-        n = input_ids.shape[1]
-        self.src[...] = 0
-        self.src[0, self.p - n :] = input_ids[0]
-        self.src_mask[...] = 0
-        self.src_mask[0, self.p - n :] = 1
-        _run(self.enc)
-        for name in self.cross:  # the encoder's own output tensors, bound once per request
-            self.dec.set_tensor(name, self.enc.get_tensor(name))
-        self._bound.update(self.cross)
-
-    def _prefill(self, input_ids: np.ndarray) -> np.ndarray:
-        n, p = input_ids.shape[1], self.p
-        self.pre_ids[...] = 0
-        self.pre_ids[0, p - n :] = input_ids[0]
-        self.pre_mask[...] = 0
-        self.pre_mask[0, p - n :] = 1
-        self.pre_pos[...] = 0
-        self.pre_pos[0, p - n :] = np.arange(n)
-        _run(self.pre)
-        for name, port in self.present:
-            self.past[name][:, :, :p] = self.pre.get_tensor(port).data
-        self.mask[0, :p] = self.pre_mask[0]
-        self.prefilled = True
-        self._last = self.pre, self.pre_out[1]
-        return self.pre.get_tensor(self.pre_out[0]).data.copy()
-
-    def decode(self, input_ids: np.ndarray) -> np.ndarray:
-        if not self.prefilled:
-            return self._prefill(input_ids)
-        if not self._checked:
-            if self._bound != self._dec_inputs:
-                raise ArtifactError(
-                    f"static decoder inputs {sorted(self._dec_inputs - self._bound)} were not fed"
-                )
-            self._checked = True
-        if self.slot >= self.c:
-            raise InvalidOption(f"the static KV capacity ({self.c}) is full")
-        self.ids[0, 0] = input_ids[0, 0]
-        self.pos[0, 0] = self.position
-        _run(self.dec)
-        slot = self.slot
-        for name, port in self.new_rows:
-            self.past[name][:, :, slot] = self.dec.get_tensor(port).data[:, :, 0]
-        self.mask[0, slot] = 1
-        self.slot += 1
-        self.position += 1
-        self._last = self.dec, self.dec_out[1]
-        return self.dec.get_tensor(self.dec_out[0]).data.copy()
-
-    def logits(self) -> np.ndarray:
-        request, port = self._last
-        return request.get_tensor(port).data.copy()
-
-
-# ---- npuw: the NPU plugin's own LLM pipeline ----
-
-NPUW_PREFILL_HINTS = ("STATIC", "DYNAMIC")
-
-
-def align64(n: int) -> int:
-    return (n + 63) // 64 * 64
-
-
-def npuw_config(
-    max_prompt_len: int,
-    min_response_len: int,
-    prefill_hint: str | None = None,
-    seq_len_dim: int = 2,
-    batch_dim: int = 0,
-) -> dict[str, str]:
-    """`compile_model(ir, "NPU", config)` splits a stateful decoder-only IR into a static prefill
-    [1, align64(P)] and a static generate model [1,1] with KV capacity align64(P) + align64(R)."""
-    for name, value in (("max prompt length", max_prompt_len), ("min response length", min_response_len)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InvalidOption(f"npuw {name} must be a positive integer, got {value!r}")
-    config = {
-        "NPU_USE_NPUW": "YES",
-        "NPUW_LLM": "YES",
-        "NPUW_LLM_BATCH_DIM": str(batch_dim),
-        "NPUW_LLM_SEQ_LEN_DIM": str(seq_len_dim),
-        "NPUW_LLM_MAX_PROMPT_LEN": str(max_prompt_len),
-        "NPUW_LLM_MIN_RESPONSE_LEN": str(min_response_len),
+def npuw_names(layers: int) -> dict:
+    pairs = {
+        f"past_key_values.{i}.{kind}": f"present.{i}.{kind}"
+        for i in range(layers)
+        for kind in ("key", "value")
     }
-    if prefill_hint is not None:
-        hint = str(prefill_hint).upper()
-        if hint not in NPUW_PREFILL_HINTS:
-            raise InvalidOption(
-                f"npuw prefill hint must be one of {', '.join(NPUW_PREFILL_HINTS)}, got {prefill_hint!r}"
-            )
-        config["NPUW_LLM_PREFILL_HINT"] = hint
-    return config
-
-
-def npuw_capacity(max_prompt_len: int, min_response_len: int) -> int:
-    return align64(max_prompt_len) + align64(min_response_len)
-
-
-_I64_INPUTS = ("input_ids", "attention_mask", "position_ids")
-
-
-def npuw_inputs(
-    input_types: dict[str, np.dtype], input_ids: np.ndarray, past_len: int
-) -> dict[str, np.ndarray]:
-    """Every input of a npuw-layout model, by name: ids, a mask of ones over past + current,
-    positions past..past+T-1 (all i64) and beam_idx (identity) where the model has it."""
-    batch, new = input_ids.shape
-    feed = {
-        "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
-        "attention_mask": np.ones((batch, past_len + new), np.int64),
-        "position_ids": np.ascontiguousarray(
-            np.broadcast_to(np.arange(past_len, past_len + new, dtype=np.int64), (batch, new))
-        ),
+    return {
+        "inputs": ["input_ids", "attention_mask", "position_ids", "beam_idx"],
+        "outputs": ["logits"],
+        "states": pairs,
     }
-    for name in _I64_INPUTS:
-        if name not in input_types:
-            raise ArtifactError(f"npuw model has no {name} input (inputs: {sorted(input_types)})")
-        if np.dtype(input_types[name]) != np.int64:
-            raise ArtifactError(
-                f"npuw model input {name} is {np.dtype(input_types[name])}; the NPU pipeline needs i64"
-            )
-    if "beam_idx" in input_types:
-        feed["beam_idx"] = np.arange(batch, dtype=input_types["beam_idx"])
-    unknown = sorted(set(input_types) - set(feed))
-    if unknown:
-        raise ArtifactError(
-            f"npuw model inputs {unknown} have no feeding rule (they would get empty tensors)"
+
+
+def _npuw_wrapper(model):
+    from torch import nn
+
+    class NpuwStep(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, position_ids, *past):
+            pairs = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
+            allowed = visible(past[0].shape[2], input_ids.shape[1], attention_mask, input_ids.device)
+            x, present = decoder_stack(self.model, input_ids, position_ids, allowed, pairs)
+            return (lm_head(self.model, x), *[t for kv in present for t in kv])
+
+    return NpuwStep().eval()  # the tracer restores the wrapper's training flag onto the model
+
+
+def _add_beam_idx(model, past_names: list[str]) -> None:
+    """beam_idx [batch] (i32) gathers every past KV along the batch axis, as optimum-intel's
+    stateful models do; the NPU plugin's stateful-to-stateless pass requires it."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    batch = model.input("input_ids").get_partial_shape()[0]
+    beam_idx = ops.parameter(ov.PartialShape([batch]), ov.Type.i32, name="beam_idx")
+    beam_idx.output(0).get_tensor().set_names({"beam_idx"})
+    model.add_parameters([beam_idx])
+    for name in past_names:
+        port = model.input(name)
+        consumers = port.get_target_inputs()
+        gather = ops.gather(port, beam_idx, ops.constant(0))
+        for consumer in consumers:
+            consumer.replace_source_output(gather.output(0))
+    model.validate_nodes_and_infer_types()
+
+
+def export_npuw(spec: ModelSpec, out: Path, variant: dict, session: SessionFactory) -> dict:
+    import torch
+    from openvino._offline_transformations import apply_make_stateful_transformation
+
+    cfg = spec.config
+    if cfg.is_encoder_decoder:
+        raise ArtifactError("npuw mode is for decoder-only models; use mode static for an encoder-decoder")
+    model = spec.build()
+    require_native(model, "npuw")
+    names = npuw_names(cfg.decoder_layers)
+    past_names, present_names = list(names["states"]), list(names["states"].values())
+    b, new, past_len = 2, 3, 4
+    args = [
+        torch.ones((b, new), dtype=torch.int64),
+        torch.ones((b, past_len + new), dtype=torch.int64),
+        torch.arange(past_len, past_len + new)[None].expand(b, new).contiguous(),
+        *[torch.zeros((b, cfg.kv_heads, past_len, cfg.head_dim)) for _ in past_names],
+    ]
+    dynamic = {
+        "input_ids": {0: "batch", 1: "new"},
+        "attention_mask": {0: "batch", 1: "total"},
+        "position_ids": {0: "batch", 1: "new"},
+        "logits": {0: "batch", 1: "new"},
+        **{n: {0: "batch", 2: "past"} for n in past_names},
+        **{n: {0: "batch", 2: "total"} for n in present_names},
+    }
+    onnx_inputs = ["input_ids", "attention_mask", "position_ids", *past_names]
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = Path(tmp) / "decoder.onnx"
+        torch.onnx.export(
+            _npuw_wrapper(model),
+            tuple(args),
+            str(path),
+            input_names=onnx_inputs,
+            output_names=["logits", *present_names],
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            dynamo=False,
+            do_constant_folding=True,
         )
-    return feed
+        decoder = read_onnx(path)
+    rename_ports(decoder, onnx_inputs, ["logits", *present_names])
+    _add_beam_idx(decoder, past_names)
+    apply_make_stateful_transformation(decoder, names["states"])
+    rename_ports(decoder, names["inputs"], names["outputs"])
+    graphs = {"decoder": {"file": "decoder.xml", "weights": "decoder.bin", **names}}
+    save_ir(decoder, out / graphs["decoder"]["file"])
+    kv = kv_layout(cfg)
+    kv.update({"past": "past_key_values.{layer}.{key,value}", "present": "present.{layer}.{key,value}"})
+    result = check_parity(model, cfg, out, {"graphs": graphs, "kv": kv}, session,
+                          "openvino-npuw-layout(CPU, KV f32)")
+    return {
+        "graphs": graphs,
+        "kv": kv,
+        "opset": OPSET,
+        "precision": variant["precision"],
+        "exporter": "torch.onnx.export (TorchScript) -> OpenVINO, beam_idx, "
+        "apply_make_stateful_transformation",
+        "versions": {"openvino": ov_version(), "torch": torch.__version__},
+        "parity": result,
+    }
 
 
-class NpuwSession:
-    """Generation over a npuw-layout stateful IR: compiled for NPU with `npuw_config`, or on CPU
-    as a plain stateful model (how the parity check exercises the same IR and feeding)."""
-
-    def __init__(self, compiled, kv: dict, inputs: list[str]):
-        import openvino as ov
-
-        from slmbench.exporters.openvino import match_ports
-
-        self._ov = ov
-        self.request = compiled.create_infer_request()
-        self.types = {
-            name: port.get_element_type().to_dtype()
-            for name, port in zip(
-                match_ports(compiled.inputs, inputs, "npuw model"), compiled.inputs, strict=True
-            )
-        }
-        self._logits = compiled.output("logits")
-        self.kv = kv
-
-    def start(self, input_ids: np.ndarray, max_new_tokens: int) -> None:
-        batch = input_ids.shape[0]
-        self.request.reset_state()
-        empty = self._ov.Tensor(np.zeros((batch, self.kv["kv_heads"], 0, self.kv["head_dim"]), np.float32))
-        for state in self.request.query_state():
-            if state.name.startswith("past_key_values"):
-                state.state = empty
-        self.past_len = 0
-
-    def decode(self, input_ids: np.ndarray) -> np.ndarray:
-        for name, array in npuw_inputs(self.types, input_ids, self.past_len).items():
-            self.request.set_tensor(name, self._ov.Tensor(array))
-        _run(self.request)
-        self.past_len += input_ids.shape[1]
-        return np.argmax(self.request.get_tensor(self._logits).data[:, -1], -1)
-
-    def logits(self) -> np.ndarray:
-        return self.request.get_tensor(self._logits).data[:, -1].copy()
+def npuw_artifact(spec: ModelSpec, session: SessionFactory, cache_dir=None,
+                  force: bool = False) -> tuple[Artifact, bool]:
+    """The fp32 npuw-layout IR of `spec` (decoder-only), checked through `session`."""
+    export = lambda s, out, v: export_npuw(s, out, v, session)
+    return ensure_artifact(spec, "openvino", {"precision": "fp32", "mode": "npuw"}, export, ir_code(__file__),
+                           cache_dir, force)

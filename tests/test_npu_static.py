@@ -12,18 +12,15 @@ from slmbench.core.measure import generate
 from slmbench.errors import InvalidOption
 from slmbench.exporters import parity
 from slmbench.exporters.artifact import ArtifactError
-from slmbench.exporters.openvino import compile_exact, openvino_artifact
-from slmbench.exporters.static import (
-    NpuwSession,
-    StaticSession,
-    npuw_capacity,
-    npuw_config,
-    npuw_inputs,
-    static_parity,
-)
+from slmbench.exporters.openvino import compile_exact
+from slmbench.exporters.static import static_parity
 from slmbench.models import resolve_model
-from slmbench.runners import openvino as ovr
-from slmbench.runners.openvino import OpenVinoRunner
+from slmbench.runners.openvino import OpenVinoRunner, openvino_artifact
+from slmbench.runners.openvino import npuw as npuw_runtime
+from slmbench.runners.openvino import runner as ovr
+from slmbench.runners.openvino.modes import Static
+from slmbench.runners.openvino.npuw import NpuwSession, npuw_capacity, npuw_config, npuw_inputs
+from slmbench.runners.openvino.static import StaticSession
 
 ov = pytest.importorskip("openvino")
 P, R = 8, 4
@@ -79,7 +76,8 @@ def test_static_parity_every_prompt_length(static, name):
     assert art.manifest["parity"]["passed"] and set(art.manifest["parity"]["lengths"]) == {"1", "4", "8"}
     graphs = art.manifest["graphs"]
     result = static_parity(
-        spec.build(), spec.config, art.path, graphs, art.manifest["static"], lengths=[1, 2, 3, 5, 7, 8]
+        spec.build(), spec.config, art.path, graphs, art.manifest["static"], lengths=[1, 2, 3, 5, 7, 8],
+        session=Static.session,
     )
     assert result["passed"] and set(result["lengths"]) == {"1", "2", "3", "5", "7", "8"}
     assert max(result["lengths"].values()) <= parity.FP32_TOLERANCE
@@ -255,10 +253,8 @@ def test_npuw_feeding_on_cpu_matches_pytorch(npuw_ir):
 
 def _npuw_on_cpu(monkeypatch):
     """The NPU plugin's LLM pipeline with CPU sub-devices: real NPUW code, no chip."""
-    from slmbench.exporters import static
-
-    real = static.npuw_config
-    monkeypatch.setattr(static, "npuw_config", lambda *a, **k: {**real(*a, **k), "NPUW_DEVICES": "CPU"})
+    real = npuw_runtime.npuw_config
+    monkeypatch.setattr(npuw_runtime, "npuw_config", lambda *a, **k: {**real(*a, **k), "NPUW_DEVICES": "CPU"})
     monkeypatch.setattr(ovr, "_availability", lambda device: ovr.Availability(True))
 
 

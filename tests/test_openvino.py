@@ -14,11 +14,11 @@ from slmbench.core.measure import generate
 from slmbench.errors import DeviceUnavailable, InvalidOption
 from slmbench.exporters import parity
 from slmbench.exporters.artifact import ArtifactError
-from slmbench.exporters.openvino import StatefulSession, openvino_artifact
 from slmbench.models import resolve_model
-from slmbench.runners import openvino as ovr
 from slmbench.runners import select_runner
-from slmbench.runners.openvino import OpenVinoRunner
+from slmbench.runners.openvino import OpenVinoRunner, openvino_artifact
+from slmbench.runners.openvino import runner as ovr
+from slmbench.runners.openvino.stateful import StatefulSession
 
 ov = pytest.importorskip("openvino")
 FAMILIES = ("mu-tiny", "deconly-tiny")

@@ -1,10 +1,5 @@
-"""OpenVINO runner: CPU, Intel GPU and Intel NPU.
-
-Modes (option `mode`, recorded in every row): `stateful` (default on CPU/GPU: the KV cache is
-OpenVINO state), `static` (default on NPU: static-shape graphs, KV as explicit fixed-size tensors;
-also runs on CPU/GPU, which is how it is tested), `npuw` (NPU only, decoder-only: the NPU plugin's
-own LLM pipeline). Static and npuw shapes come from the options `max_prompt_len` (P) and
-`min_response_len` (R); the CLI fills them from --input-len / --output-len.
+"""The OpenVINO runner: availability, device checks, compile and load; what differs by mode is in
+slmbench.runners.openvino.modes.
 
 Truthfulness: availability comes from `Core().available_devices`; after every compile the
 runner reads `EXECUTION_DEVICES` and refuses anything but the requested device (AUTO is used only
@@ -27,10 +22,9 @@ import numpy as np
 
 from slmbench.errors import DeviceUnavailable, InvalidOption
 from slmbench.runners.base import Availability, LoadInfo, Runner, default_threads
+from slmbench.runners.openvino.modes import MODES, OPTIONS, default_mode, mode_for
 
 PLUGINS = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
-MODES = ("stateful", "static", "npuw")
-KV_PRECISIONS = ("f32", "f16", "bf16", "u8", "i8", "u4")
 DRIVER_HINTS = {
     "GPU": "install the Intel GPU compute runtime (intel-opencl-icd, libOpenCL.so.1)",
     "NPU": "install the Intel NPU driver (linux-npu-driver) and check /dev/accel",
@@ -46,15 +40,6 @@ DEVICE_FACTS = (
     "NPU_DEVICE_TOTAL_MEM_SIZE",
     "GPU_DEVICE_TOTAL_MEM_SIZE",
     "DEVICE_PCI_INFO",
-)
-OPTION_KEYS = (
-    "mode",
-    "kv_cache_precision",
-    "ov_cache_dir",
-    "ov_device",
-    "max_prompt_len",
-    "min_response_len",
-    "npuw_prefill_hint",
 )
 
 
@@ -156,87 +141,31 @@ class OpenVinoRunner(Runner):
     devices = ("cpu", "gpu", "npu")
     artifact_format = "openvino"
 
+    option_names = frozenset(OPTIONS)
+
     def __init__(self, device: str, threads: int | None = None, options: dict | None = None):
         super().__init__(device, threads, options)
-        unknown = sorted(set(self.options) - set(OPTION_KEYS))
+        unknown = sorted(set(self.options) - self.option_names)
         if unknown:
-            raise InvalidOption(f"unknown OpenVINO options {unknown}; known: {', '.join(OPTION_KEYS)}")
-        self.mode = self.options.get("mode") or ("static" if device == "npu" else "stateful")
-        if self.mode not in MODES:
-            raise InvalidOption(f"unknown OpenVINO mode {self.mode!r}; choose from {', '.join(MODES)}")
-        if self.mode == "npuw" and device != "npu":
-            raise InvalidOption(
-                "mode npuw is the NPU plugin's own LLM pipeline: it runs only with --device npu"
-            )
-        self.kv_precision = str(self.options.get("kv_cache_precision") or "f32").lower()
-        if self.kv_precision not in KV_PRECISIONS:
-            raise InvalidOption(
-                f"KV cache precision {self.kv_precision!r}; choose from {', '.join(KV_PRECISIONS)}"
-            )
-        if self.mode == "static" and self.options.get("kv_cache_precision"):
-            raise InvalidOption(
-                "static mode holds the KV cache in explicit f32 tensors; drop --kv-cache-precision"
-            )
+            raise InvalidOption(f"unknown OpenVINO options {unknown}; known: {', '.join(OPTIONS)}")
+        self.mode = mode_for(device, self.options)
         self.plugin = PLUGINS.get(device, device.upper())
-
-    option_names = frozenset({"mode", "kv_cache_precision", "ov_cache_dir", "ov_device", "max_prompt_len",
-                              "min_response_len", "npuw_prefill_hint"})
 
     @classmethod
     def run_options(cls, device: str, settings, options: dict | None) -> dict:
-        """Mode by device (static shapes on the NPU, stateful elsewhere); static modes take their
-        prompt and response capacity from the run's lengths unless given."""
+        """The mode by device, and the mode's defaults from the run's settings."""
         opts = super().run_options(device, settings, options)
-        opts.setdefault("mode", "static" if device == "npu" else "stateful")
-        if opts["mode"] in ("static", "npuw"):
-            opts.setdefault("max_prompt_len", settings.input_len)
-            opts.setdefault("min_response_len", settings.output_len)
+        opts.setdefault("mode", default_mode(device))
+        if opts["mode"] in MODES:
+            MODES[opts["mode"]].run_defaults(opts, settings)
         return opts
 
     @classmethod
     def availability(cls, device: str) -> Availability:
         return _availability(device)
 
-    def _shapes(self) -> tuple[int | None, int | None]:
-        if self.mode == "stateful":
-            return None, None
-        p, r = self.options.get("max_prompt_len"), self.options.get("min_response_len")
-        if p is None or r is None:
-            raise InvalidOption(
-                f"mode {self.mode} needs the options max_prompt_len and min_response_len "
-                "(the CLI sets them from --input-len and --output-len)"
-            )
-        return int(p), int(r)
-
     def prepare(self, spec, precision, cache_dir=None, force=False):
-        from slmbench.exporters.openvino import openvino_artifact
-
-        if self.mode == "npuw" and spec.config.is_encoder_decoder:
-            raise InvalidOption(
-                f"mode npuw is for decoder-only models; {spec.name} is an encoder-decoder "
-                "(use --ov-mode static)"
-            )
-        p, r = self._shapes()
-        return openvino_artifact(spec, precision, self.mode, cache_dir, force, p, r)
-
-    def _config(self, precision: str) -> dict:
-        config: dict = {"PERFORMANCE_HINT": "LATENCY"}
-        if self.mode == "npuw":
-            from slmbench.exporters.static import npuw_config
-
-            p, r = self._shapes()
-            config = npuw_config(p, r, self.options.get("npuw_prefill_hint"))
-            if self.options.get("kv_cache_precision"):  # the pipeline's own default is f16
-                config["KV_CACHE_PRECISION"] = self.kv_precision
-            return config
-        if self.plugin in ("CPU", "GPU"):
-            if precision == "fp32":
-                config["INFERENCE_PRECISION_HINT"] = "f32"
-            if self.mode == "stateful":
-                config["KV_CACHE_PRECISION"] = self.kv_precision
-        if self.plugin == "CPU":
-            config["INFERENCE_NUM_THREADS"] = self.threads
-        return config
+        return self.mode.prepare(spec, precision, cache_dir, force)
 
     def _compile(self, core, path: Path, target: str, config: dict):
         started = time.perf_counter()
@@ -253,9 +182,8 @@ class OpenVinoRunner(Runner):
 
         manifest = artifact.manifest
         mode = manifest["variant"]["mode"]
-        if mode != self.mode:
-            raise InvalidOption(f"artifact {artifact.key} is mode {mode}, the runner is set to {self.mode}")
-        self.family = manifest["family"]
+        if mode != self.mode.name:
+            raise InvalidOption(f"artifact {artifact.key} is mode {mode}, the runner is set to {self.mode.name}")
         if self.plugin == "CPU":
             self.threads = self.threads or default_threads()
         core = ov.Core()
@@ -266,7 +194,7 @@ class OpenVinoRunner(Runner):
             warm_before = cache_dir.is_dir() and any(cache_dir.iterdir())
             core.set_property({"CACHE_DIR": str(cache_dir)})
         target = self.options.get("ov_device") or self.plugin
-        config = self._config(manifest["variant"]["precision"])
+        config = self.mode.config(self.plugin, manifest["variant"]["precision"], self.threads)
         compiled, compile_s, from_cache, executed = {}, {}, {}, {}
         for role, graph in manifest["graphs"].items():
             try:
@@ -279,23 +207,20 @@ class OpenVinoRunner(Runner):
                 ) from None
             executed[role] = executed_devices(compiled[role])
             check_executed(executed[role], self.plugin, target)
-        self.session = self._session(compiled, manifest)
+        self.session = self.mode.session(compiled, manifest)
         applied = self._applied(compiled["decoder"], config)
         options = {
-            "mode": self.mode,
+            "mode": self.mode.name,
             "compile_target": target,
             "config": _jsonable(config),
             "applied": applied,
-            "kv_cache_precision": self._kv_record(applied),
+            "kv_cache_precision": self.mode.kv_record(applied),
             "compile_s": compile_s,
             "ov_cache_dir": str(cache_dir) if cache_dir else None,
             "cache_warm_before": warm_before,
             "loaded_from_cache": from_cache,
+            **self.mode.record(manifest),
         }
-        if self.mode in ("static", "npuw"):
-            options["static"] = manifest.get("static") or dict(
-                zip(("max_prompt_len", "min_response_len"), self._shapes(), strict=True)
-            )
         info = device_facts(core, self.plugin)
         info["execution_devices"] = executed
         return LoadInfo(
@@ -333,35 +258,8 @@ class OpenVinoRunner(Runner):
                     continue
         return applied
 
-    def _kv_record(self, applied: dict) -> str:
-        if self.mode == "static":
-            return "explicit f32 tensors"
-        if self.mode == "npuw":
-            return self.kv_precision if self.options.get("kv_cache_precision") else "f16 (NPUW default)"
-        return str(applied.get("KV_CACHE_PRECISION", self.kv_precision))
-
-    def _session(self, compiled: dict, manifest: dict):
-        from slmbench.exporters.openvino import StatefulSession
-        from slmbench.exporters.static import NpuwSession, StaticSession
-
-        graphs, kv = manifest["graphs"], manifest["kv"]
-        if self.mode == "stateful":
-            return StatefulSession(
-                compiled["decoder"], compiled.get("encoder"), kv, graphs["decoder"]["inputs"]
-            )
-        if self.mode == "static":
-            return StaticSession(compiled, graphs, manifest["static"], kv, self.family == "encoder-decoder")
-        return NpuwSession(compiled["decoder"], kv, graphs["decoder"]["inputs"])
-
     def start(self, input_ids: np.ndarray, max_new_tokens: int) -> None:
-        if self.mode == "npuw":
-            from slmbench.exporters.static import npuw_capacity
-
-            p, r = self._shapes()
-            if input_ids.shape[0] != 1 or input_ids.shape[1] < 2:
-                raise InvalidOption("mode npuw needs batch 1 and a prompt of at least 2 tokens")
-            if input_ids.shape[1] + max_new_tokens > npuw_capacity(p, r):
-                raise InvalidOption(f"prompt + new tokens exceed the NPU KV capacity {npuw_capacity(p, r)}")
+        self.mode.check_request(input_ids, max_new_tokens)
         self.session.start(input_ids, max_new_tokens)
 
     def encode(self, input_ids: np.ndarray) -> None:
@@ -372,7 +270,7 @@ class OpenVinoRunner(Runner):
 
     def bare_generate(self, input_ids: np.ndarray, output_len: int, start_token: int = 0):
         """OpenVINO's own calls in a plain loop (stateful mode), for the harness-overhead floor."""
-        if self.mode != "stateful":
+        if not self.mode.bare_loop:
             raise InvalidOption("the bare loop for harness overhead exists for --ov-mode stateful only")
         return self.session.bare_generate(input_ids, output_len, start_token)
 
