@@ -88,22 +88,40 @@ def test_rotary_by_gather_is_exactly_rotate_half():
     assert torch.equal(apply_rotary(x, (cos, signed_sin, swap)), x * cos + rotate_half * sin)
 
 
-def _small_page_buffer(mb: int = 64):
-    """Touched anonymous memory from malloc, which (THP `madvise`) sits on 4 KiB pages."""
-    buf = ctypes.create_string_buffer(mb << 20)
-    ctypes.memset(buf, 1, mb << 20)
-    return buf
+class _Mapping:
+    """Fresh anonymous memory in a mapping of its own: PROT_NONE guard pages on both sides keep the
+    kernel from merging it with neighbouring mappings, and a new mapping is never memory an
+    earlier test already moved to huge pages (malloc can hand that back)."""
+
+    PAGE = 4096
+
+    def __init__(self, size: int):
+        import mmap
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        self.raw = mmap.mmap(-1, size + 2 * self.PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self.raw))
+        assert libc.mprotect(base, self.PAGE, 0) == 0 and libc.mprotect(base + self.PAGE + size, self.PAGE, 0) == 0
+        self.address, self.size = base + self.PAGE, size
+        ctypes.memset(self.address, 1, size)  # every page resident, on 4 KiB pages (THP madvise)
+
+    def head(self, n: int) -> bytes:
+        return ctypes.string_at(self.address, n)
 
 
-def _huge_bytes_in(buf) -> int:
-    """Bytes of the mapping holding `buf` that sit on huge pages (/proc/self/smaps): the buffer's
-    own pages, whatever the rest of the test process's heap does meanwhile."""
-    address, inside = ctypes.addressof(buf), False
+def _small_page_buffer(mb: int = 64) -> _Mapping:
+    return _Mapping(mb << 20)
+
+
+def _huge_bytes_in(buf: _Mapping) -> int:
+    """Bytes of the buffer's own mapping on huge pages (/proc/self/smaps)."""
+    inside = False
     for line in open("/proc/self/smaps"):
         head = line.split()
         if "-" in head[0] and len(head) >= 5:
             lo, hi = (int(x, 16) for x in head[0].split("-"))
-            inside = lo <= address < hi
+            inside = lo <= buf.address < hi
         elif inside and head[0] == "AnonHugePages:":
             return int(head[1]) * 1024
     return 0
@@ -119,9 +137,9 @@ def test_loaded_memory_is_moved_to_huge_pages_or_the_reason_is_recorded():
     assert result["status"] == "collapsed", result
     gained = _huge_bytes_in(buf) - before
     # Most of the 64 MiB buffer at least, unless the kernel had no free huge pages (a fragmented
-    # machine late in a test session): then the refusal and its reason are what the row records.
+    # machine): then the refusal and its reason are what the row records.
     assert gained >= 32 << 20 or (result["refused_bytes"] > 0 and result["errors"]), (gained, result)
-    assert bytes(buf[:4]) == b"\x01" * 4  # contents survive the move
+    assert buf.head(4) == b"\x01" * 4  # contents survive the move
     again = back_with_huge_pages()
     assert again["collapsed_bytes"] < result["collapsed_bytes"]  # only new small-page memory is touched
 

@@ -97,3 +97,45 @@ def runtime_table(rows: list[dict]) -> Table:
                           f"{tps:.1f}" if tps else "-",
                           f"{tps / row_stat(base, 'decode_tps'):.2f}x" if tps and row_stat(base, "decode_tps") else "-")
     return table
+
+
+def _gflops(value: float) -> str:
+    return f"{value / 1e9:,.1f}"
+
+
+def _mb(value: float) -> str:
+    return f"{value / 1e6:,.1f}"
+
+
+def _less(ratio: float | None) -> str:
+    if ratio is None:
+        return "-"
+    change = abs(1 - ratio) * 100
+    return f"{ratio:.2f}x ({change:.0f}% {'less' if ratio < 1 else 'more'})" if round(change) else f"{ratio:.2f}x"
+
+
+def cost_tables(rows: list[dict], pairs: list[dict], input_len: int, output_len: int, precision: str) -> list[Table]:
+    """`slmbench models --cost`: each model's analytic cost, then each pair's ratios beside the paper's."""
+    models = Table(title=f"analytic cost of one generation (batch 1, input {input_len}, output {output_len}, "
+                         f"{precision} weights, fp32 KV; matmul FLOPs)", title_justify="left")
+    for col in ("model", "family", "parameters", "GFLOPs to token 1", "GFLOPs decoding", "GFLOPs in all",
+                "weights MB", "KV MB (cross)", "peak MB"):
+        models.add_column(col, justify="left" if col in ("model", "family") else "right")
+    for r in rows:
+        models.add_row(r["model"], r["family"], f"{r['parameters'] / 1e6:,.0f}M", _gflops(r["first_token_flops"]),
+                       _gflops(r["decode_flops"]), _gflops(r["generation_flops"]), _mb(r["weight_bytes"]),
+                       f"{_mb(r['kv_bytes'])} ({_mb(r['cross_kv_bytes'])})", _mb(r["peak_memory_bytes"]))
+    tables = [models]
+    if pairs:
+        ratio = Table(title="encoder-decoder / decoder-only (paper: 22% fewer generation FLOPs, 11-16% less memory)",
+                      title_justify="left")
+        for col in ("encoder-decoder", "decoder-only", "FLOPs to token 1", "decoding FLOPs", "generation FLOPs",
+                    "weights", "KV cache", "peak memory"):
+            ratio.add_column(col, justify="left" if col in ("encoder-decoder", "decoder-only") else "right")
+        for p in pairs:
+            cells = [p[k] for k in ("first_token_flops", "decode_flops", "generation_flops", "weight_bytes",
+                                    "kv_bytes", "peak_memory_bytes")]
+            ratio.add_row(p["encoder_decoder"], p["decoder_only"],
+                          *(_less(v) for v in cells))
+        tables.append(ratio)
+    return tables

@@ -14,8 +14,6 @@ from typing import ClassVar
 
 import numpy as np
 
-from slmbench.host.cpus import allowed_cpus, default_threads  # noqa: F401 (runner modules' default)
-
 
 @dataclass(frozen=True)
 class Availability:

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from slmbench.errors import DeviceUnavailable, InvalidOption
-from slmbench.runners.base import Availability, LoadInfo, Runner, default_threads
+from slmbench.host.cpus import default_threads
+from slmbench.runners.base import Availability, LoadInfo, Runner
 from slmbench.runners.openvino.modes import MODES, OPTIONS, default_mode, mode_for
 
 PLUGINS = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
@@ -224,7 +225,6 @@ class OpenVinoRunner(Runner):
         info = device_facts(core, self.plugin)
         info["execution_devices"] = executed
         return LoadInfo(
-            load_s=sum(compile_s.values()),
             compile_s=sum(compile_s.values()),
             device_executed=self.plugin,
             device_info=info,
