@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 RESULTS ?= results/results.jsonl
 
-.PHONY: install run test test-all lint clean help perf regress regress-noise regress-baseline sweep-quick sweep-cpu sweep-gpu sweep-npu sweep-all report
+.PHONY: install run test test-all lint clean help perf regress regress-noise regress-baseline sweep-quick sweep-cpu sweep-crossover sweep-gpu sweep-npu sweep-all report
 
 help:  ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -58,6 +58,9 @@ sweep-quick: install  ## tiny pair on CPU (well under a minute): results/quick/
 
 sweep-cpu: install  ## the paper's 330M pair on this CPU, ONNX Runtime + OpenVINO (~13 min on 2 cores): results/paper-cpu/
 	$(call sweep_and_report,paper-cpu)
+
+sweep-crossover: install  ## tiny + 100M pairs over input 64-2048 x output 16-512 on CPU (the crossover figure): results/crossover/
+	$(call sweep_and_report,crossover)
 
 sweep-gpu: install  ## the 330M pair on a CUDA or Intel GPU (skipped when absent): results/paper-gpu/
 	$(call sweep_and_report,paper-gpu)

@@ -43,22 +43,31 @@ def ov_version() -> str:
     return openvino.get_version()
 
 
+def match_ports(ports, expected, what: str) -> list[str]:
+    """The expected name of each port. Compiled ports may gain aliases (a removed Convert hands its
+    name on), so a port is identified by the one expected name among its names."""
+    found = []
+    for port in ports:
+        names = port.get_names() & set(expected)
+        if len(names) != 1:
+            raise ArtifactError(
+                f"{what}: port named {sorted(port.get_names())} matches "
+                f"{sorted(names) or 'none'} of {sorted(expected)} (it would not be fed by name; "
+                "OpenVINO would silently use an empty tensor)"
+            )
+        found.append(names.pop())
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise ArtifactError(f"{what}: no port named {missing}")
+    return found
+
+
+
 def rename_ports(model, inputs: list[str], outputs: list[str]) -> None:
     """Give every port exactly one name, its manifest name; fail on a port that has none."""
     for kind, ports, wanted in (("input", model.inputs, inputs), ("output", model.outputs, outputs)):
-        found = []
-        for port in ports:
-            names = port.get_names() & set(wanted)
-            if len(names) != 1:
-                raise ArtifactError(
-                    f"OpenVINO {kind} port named {sorted(port.get_names())} matches "
-                    f"{sorted(names) or 'none'} of the expected names {wanted}"
-                )
-            name = names.pop()
+        for port, name in zip(ports, match_ports(ports, wanted, f"OpenVINO {kind}"), strict=True):
             port.get_tensor().set_names({name})
-            found.append(name)
-        if sorted(found) != sorted(wanted):
-            raise ArtifactError(f"OpenVINO {kind}s are {sorted(found)}, expected {sorted(wanted)}")
 
 
 def save_ir(model, path: Path) -> None:

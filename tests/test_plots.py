@@ -124,7 +124,7 @@ def _series_styles(fig) -> dict[str, set]:
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("name", plots.FIGURES)
+@pytest.mark.parametrize("name", [n for n in plots.FIGURES if n != "crossover"])  # a grid, tested on its own
 def test_every_series_has_its_own_legend_entry_and_style(case, name, tmp_path):
     data = CASES[case]()
     frame_name, fn = plots.FIGURES[name]
@@ -176,6 +176,7 @@ def test_ratio_series_never_share_a_colour_past_the_palette():
 def test_drawing_leaves_rcparams_alone(tmp_path):
     before = {k: v for k, v in matplotlib.rcParams.items() if k != "backend"}
     written = plots.draw_all(CASES["two_platforms"](), tmp_path)
+    assert written.pop("crossover") is None  # one output length: no grid to draw
     assert all(png is not None and png.exists() for png in written.values()), written
     assert {k: v for k, v in matplotlib.rcParams.items() if k != "backend"} == before
 
@@ -185,3 +186,29 @@ def test_empty_frames_draw_nothing(tmp_path):
         configs=pd.DataFrame(), reps=pd.DataFrame(), tokens=pd.DataFrame(), ratios=pd.DataFrame()
     )
     assert plots.draw_all(empty, tmp_path) == dict.fromkeys(plots.FIGURES)
+
+
+def _grid(crossing: set) -> pd.DataFrame:
+    """A 2 x 2 crossover grid of one pair; cells in `crossing` have a throughput CI that includes 1."""
+    rows = []
+    for i, o in itertools.product((64, 256), (16, 64)):
+        x = 1.0 if (i, o) in crossing else 2.0 + i / 256
+        rows.append({"platform": "cpu", "series": "mu-330m vs deconly-330m", "input_len": i, "output_len": o,
+                     "batch": 1, "ttft_ratio": 0.6, "ttft_reduction_low": 30.0, "ttft_reduction_high": 50.0,
+                     "throughput_ratio": x, "throughput_ratio_low": x - 0.2, "throughput_ratio_high": x + 0.2,
+                     "e2e_ratio": 0.5, "e2e_ratio_low": 0.45, "e2e_ratio_high": 0.55})
+    return pd.DataFrame(rows)
+
+
+def test_the_crossover_grid_marks_every_cell_whose_ci_includes_1(tmp_path):
+    from matplotlib.patches import Rectangle
+
+    fig = plots.crossover.draw(_grid({(64, 64)}))
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 3 and all(ax.images[0].get_array().shape == (2, 2) for ax in panels)
+    hatched = [[p for p in ax.patches if isinstance(p, Rectangle) and p.get_hatch()] for ax in panels]
+    assert [len(h) for h in hatched] == [0, 1, 0]  # only the throughput cell at 64 in / 64 out
+    assert sum("(CI has 1)" in t.get_text() for t in panels[1].texts) == 1
+    assert plots.crossover(_grid(set()), tmp_path).exists()
+    one_output = _grid(set()).query("output_len == 16")
+    assert plots.crossover(one_output, tmp_path) is None

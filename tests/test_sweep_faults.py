@@ -125,6 +125,26 @@ def _wait_for_rows(path, count, proc, limit_s=180):
     raise AssertionError("no rows appeared")
 
 
+def _running_workers(proc, limit_s: float = 120) -> list:
+    """The sweep's worker processes, once one is running (its configuration hangs by design)."""
+    deadline, workers = time.monotonic() + limit_s, []
+    while not workers and time.monotonic() < deadline:
+        workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                   if "slmbench.sweep.worker" in " ".join(c.cmdline())]
+        time.sleep(0.1)
+    assert workers, "the hanging configuration's process should be running"
+    return workers
+
+
+def _one_hanging_configuration(tmp_path, name: str):
+    """A one-configuration sweep file, and the environment that makes its worker hang."""
+    sweep_file = tmp_path / f"{name}.toml"
+    sweep_file.write_text(f'name = "{name}"\n[grid]\nmodels = ["deconly-tiny"]\ninput_lens = [16]\n'
+                          'output_lens = [6]\n[repetitions]\nwarmup = 0\nmin_reps = 2\nmin_time_s = 0.0\n'
+                          "[limits]\ntimeout_s = 300\n")
+    return sweep_file, dict(os.environ, **{INJECT_ENV: "hang@|in16|"})
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_keeps_completed_rows_drops_the_partial_one_and_resume_finishes(
     tmp_path, cache_dir, signum
@@ -152,18 +172,7 @@ def test_interrupt_keeps_completed_rows_drops_the_partial_one_and_resume_finishe
                             env=dict(os.environ, **{INJECT_ENV: "hang@|in24|"}))
     try:
         _wait_for_rows(results, 2, proc)
-        deadline = time.monotonic() + 60
-        while (
-            not [
-                c
-                for c in psutil.Process(proc.pid).children(recursive=True)
-                if "slmbench.sweep.worker" in " ".join(c.cmdline())
-            ]
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.1)
-        workers = psutil.Process(proc.pid).children(recursive=True)
-        assert workers, "the hanging configuration's process should be running"
+        workers = _running_workers(proc, 60)
         time.sleep(0.5)
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
@@ -189,20 +198,12 @@ def test_interrupt_keeps_completed_rows_drops_the_partial_one_and_resume_finishe
 
 
 def test_a_worker_dies_with_its_sweep_even_when_the_sweep_is_killed(tmp_path, cache_dir):
-    sweep_file = tmp_path / "k.toml"
-    sweep_file.write_text('name = "kill"\n[grid]\nmodels = ["deconly-tiny"]\ninput_lens = [16]\noutput_lens = [6]\n'
-                          "[repetitions]\nwarmup = 0\nmin_reps = 2\nmin_time_s = 0.0\n[limits]\ntimeout_s = 300\n")
+    sweep_file, env = _one_hanging_configuration(tmp_path, "kill")
     proc = subprocess.Popen([sys.executable, "-m", "slmbench.cli", "sweep", str(sweep_file), "--results",
                              str(tmp_path / "r.jsonl"), "--cache-dir", str(cache_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, **{INJECT_ENV: "hang@|in16|"}))
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
-        deadline, workers = time.monotonic() + 60, []
-        while not workers and time.monotonic() < deadline:
-            workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
-                       if "slmbench.sweep.worker" in " ".join(c.cmdline())]
-            time.sleep(0.1)
-        assert workers, "the hanging configuration's process should be running"
+        workers = _running_workers(proc, 60)
         proc.kill()  # SIGKILL: the sweep gets no chance to clean up
         proc.wait(10)
         _, alive = psutil.wait_procs(workers, timeout=10)
@@ -224,23 +225,15 @@ def test_a_library_that_cannot_be_mapped_under_the_memory_limit_is_out_of_memory
 def test_an_interrupt_under_heavy_load_ends_the_sweep_promptly(tmp_path, cache_dir):
     """Eight busy processes per CPU compete with the sweep when the signal lands: the interrupt
     path (kill the worker, count the kept rows, say so) must still end it within seconds."""
-    sweep_file = tmp_path / "l.toml"
-    sweep_file.write_text('name = "load"\n[grid]\nmodels = ["deconly-tiny"]\ninput_lens = [16]\noutput_lens = [6]\n'
-                          "[repetitions]\nwarmup = 0\nmin_reps = 2\nmin_time_s = 0.0\n[limits]\ntimeout_s = 300\n")
+    sweep_file, env = _one_hanging_configuration(tmp_path, "load")
     results = tmp_path / "r.jsonl"
     results.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(3)))  # rows an earlier run kept
-    env = dict(os.environ, **{INJECT_ENV: "hang@|in16|"})
     proc = subprocess.Popen([sys.executable, "-m", "slmbench.cli", "sweep", str(sweep_file), "--results", str(results),
                              "--cache-dir", str(cache_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     load = []
     try:
-        deadline, workers = time.monotonic() + 120, []
-        while not workers and time.monotonic() < deadline:
-            workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
-                       if "slmbench.sweep.worker" in " ".join(c.cmdline())]
-            time.sleep(0.1)
-        assert workers, "the hanging configuration's process should be running"
+        workers = _running_workers(proc)
         time.sleep(1.0)
         load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(8 * os.cpu_count())]
         time.sleep(2.0)  # the load is running
@@ -262,23 +255,15 @@ def test_an_interrupt_under_heavy_load_ends_the_sweep_promptly(tmp_path, cache_d
 def test_an_interrupted_sweep_whose_clean_up_sticks_still_exits_130_with_the_stacks(tmp_path, cache_dir):
     """If tidying up after Ctrl-C hangs (here: the progress display never stops), the sweep ends
     anyway once the grace period has passed, exit 130, every thread's stack on stderr."""
-    sweep_file = tmp_path / "g.toml"
-    sweep_file.write_text('name = "grace"\n[grid]\nmodels = ["deconly-tiny"]\ninput_lens = [16]\noutput_lens = [6]\n'
-                          "[repetitions]\nwarmup = 0\nmin_reps = 2\nmin_time_s = 0.0\n[limits]\ntimeout_s = 300\n")
+    sweep_file, env = _one_hanging_configuration(tmp_path, "grace")
     code = ("import sys, time\nfrom slmbench import cli\nfrom slmbench.sweep import run\ncli.EXIT_GRACE_S = 2.0\n"
             "run.RichSweepProgress.__exit__ = lambda self, *exc: time.sleep(3600)\n"
             f"sys.argv = ['slmbench', 'sweep', {str(sweep_file)!r}, '--results', {str(tmp_path / 'r.jsonl')!r}, "
             f"'--cache-dir', {str(cache_dir)!r}]\ncli.main()\n")
-    env = dict(os.environ, **{INJECT_ENV: "hang@|in16|"})
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
     try:
-        deadline, workers = time.monotonic() + 120, []
-        while not workers and time.monotonic() < deadline:
-            workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
-                       if "slmbench.sweep.worker" in " ".join(c.cmdline())]
-            time.sleep(0.1)
-        assert workers
+        workers = _running_workers(proc)
         time.sleep(0.5)
         signalled = time.monotonic()
         proc.send_signal(signal.SIGINT)

@@ -499,6 +499,71 @@ def claims(ratios: pd.DataFrame, colors: dict):
     return fig
 
 
+_CROSSOVER_PANELS = (  # column, CI columns, title, whether a value above 1 favours the encoder-decoder
+    ("ttft_ratio", None, "TTFT", False),
+    ("throughput_ratio", ("throughput_ratio_low", "throughput_ratio_high"), "decode throughput", True),
+    ("e2e_ratio", ("e2e_ratio_low", "e2e_ratio_high"), "end-to-end latency", False),
+)
+
+
+def _crossover_grids(ratios: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows) of every platform and series measured over at least 2 input and 2 output lengths."""
+    out = []
+    for (platform, series), rows in ratios.groupby(["platform", "series"]):
+        if rows["input_len"].nunique() >= 2 and rows["output_len"].nunique() >= 2:
+            out.append((f"{platform}: {series}", rows))
+    return out
+
+
+@_figure("crossover", lambda frame: {})
+def crossover(ratios: pd.DataFrame, styles: dict):
+    """Where the encoder-decoder's advantage grows, shrinks or reverses: encoder-decoder /
+    decoder-only over input x output lengths, for TTFT, decode throughput and end-to-end latency.
+    Blue favours the encoder-decoder, red the decoder-only; a hatched cell's 95% CI includes 1."""
+    import matplotlib
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
+
+    grids = _crossover_grids(ratios)
+    if not grids:
+        return None
+    fig = Figure(figsize=(15, 4.4 * len(grids)))
+    axes = fig.subplots(len(grids), 3, squeeze=False)
+    for row_axes, (title, rows) in zip(axes, grids, strict=True):
+        ins, outs = sorted(rows["input_len"].unique()), sorted(rows["output_len"].unique())
+        for ax, (col, ci, name, higher_favours) in zip(row_axes, _CROSSOVER_PANELS, strict=True):
+            low_col, high_col = ci or ("ttft_ratio_low", "ttft_ratio_high")
+            if ci is None:  # TTFT's CI is kept as a reduction: ratio = 1 - reduction / 100
+                rows = rows.assign(ttft_ratio_low=1 - rows["ttft_reduction_high"] / 100,
+                                   ttft_ratio_high=1 - rows["ttft_reduction_low"] / 100)
+            cell = {(r.output_len, r.input_len): r for r in rows.itertuples()}
+            grid = np.full((len(outs), len(ins)), np.nan)
+            for (o, i), r in cell.items():
+                grid[outs.index(o), ins.index(i)] = np.log2(getattr(r, col))
+            span = max(0.1, float(np.nanmax(np.abs(grid))))
+            cmap = matplotlib.colormaps["RdBu" if higher_favours else "RdBu_r"]
+            image = ax.imshow(grid, cmap=cmap, norm=TwoSlopeNorm(0.0, -span, span), origin="lower", aspect="auto")
+            for (o, i), r in cell.items():
+                y, x = outs.index(o), ins.index(i)
+                crosses = getattr(r, low_col) <= 1 <= getattr(r, high_col)
+                ax.text(x, y, f"{getattr(r, col):.2f}" + ("\n(CI has 1)" if crosses else ""), ha="center",
+                        va="center", fontsize=8)
+                if crosses:
+                    ax.add_patch(matplotlib.patches.Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, hatch="//",
+                                                              edgecolor="0.35", linewidth=0))
+            ax.set_xticks(range(len(ins)), [str(i) for i in ins])
+            ax.set_yticks(range(len(outs)), [str(o) for o in outs])
+            ax.set_xlabel("input tokens")
+            ax.set_ylabel("output tokens")
+            ax.set_title(f"{title}\n{name}, encoder-decoder / decoder-only")
+            bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+            bar.set_label("log2 of the ratio")
+    fig.suptitle("Crossover grid: blue favours the encoder-decoder, red the decoder-only; hatched cells' 95% "
+                 "CI includes 1", y=1.0)
+    fig.tight_layout()
+    return fig
+
+
 FIGURES = {
     "ttft_vs_input": ("configs", ttft_vs_input),
     "throughput_vs_input": ("configs", throughput_vs_input),
@@ -507,6 +572,7 @@ FIGURES = {
     "itl_cdf": ("tokens", itl_distribution),
     "token_latency": ("tokens", token_latency),
     "claims": ("ratios", claims),
+    "crossover": ("ratios", crossover),
 }
 
 

@@ -5,25 +5,9 @@ inputs it feeds, checks them against the compiled model's ports once, and refuse
 from __future__ import annotations
 
 from slmbench.exporters.artifact import ArtifactError
+from slmbench.exporters.openvino import match_ports
 
-
-def match_ports(ports, expected, what: str) -> list[str]:
-    """The expected name of each port. Compiled ports may gain aliases (a removed Convert hands its
-    name on), so a port is identified by the one expected name among its names."""
-    found = []
-    for port in ports:
-        names = port.get_names() & set(expected)
-        if len(names) != 1:
-            raise ArtifactError(
-                f"{what}: port named {sorted(port.get_names())} matches "
-                f"{sorted(names) or 'none'} of {sorted(expected)} (it would not be fed by name; "
-                "OpenVINO would silently use an empty tensor)"
-            )
-        found.append(names.pop())
-    missing = sorted(set(expected) - set(found))
-    if missing:
-        raise ArtifactError(f"{what}: no port named {missing}")
-    return found
+__all__ = ["match_ports", "require_fed", "require_inputs", "run"]
 
 
 def require_inputs(compiled, fed, what: str) -> None:
