@@ -168,3 +168,18 @@ def test_a_fraction_above_the_ceiling_is_never_printed_without_saying_why():
     data = ReportData(pd.DataFrame({"platform": ["cpu", "cpu"]}), empty, empty, empty, empty, empty, rows, [])
     shown = list(roofline_rows(data)["of ceiling"])
     assert shown[0] == "81%" and shown[1].startswith("196% (above the ceiling") and "no bound" in shown[1]
+
+
+def test_the_claims_add_computed_flops_and_memory_and_the_measured_load_memory(measured):
+    from slmbench.models import get_preset
+    from slmbench.models.cost import generation_cost, pair_ratios
+    from slmbench.report.markdown import cost_claims
+
+    data = build(read_rows([measured]))
+    (line,) = cost_claims(data)
+    a, b = get_preset("mu-tiny"), get_preset("deconly-tiny")
+    flops = sorted(pair_ratios(generation_cost(a, n, 8), generation_cost(b, n, 8))["generation_flops"]
+                   for n in (16, 64))
+    assert line.startswith("**mu-tiny vs deconly-tiny, fp32** (computed at 2 measured shape(s), input 16-64")
+    assert f"generation FLOPs {flops[0]:.2f}-{flops[1]:.2f}x of the decoder-only's (paper: 22% fewer" in line
+    assert "paper: 11-16% less" in line and "measured memory added by loading" in line and "over 2 run(s)" in line

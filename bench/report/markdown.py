@@ -256,6 +256,50 @@ def claims_text(data: ReportData) -> list[str]:
             f"against its {PAPER_THROUGHPUT_RATIO:g}x throughput: "
             f"{_verdict(s, 'throughput_ratio', 'throughput_ratio', PAPER_THROUGHPUT_RATIO)}."
         )
+    return lines + cost_claims(data)
+
+
+PAPER_FLOPS_REDUCTION_PCT, PAPER_MEMORY_REDUCTION_PCT = 22, (11, 16)
+
+
+def _span(values: list[float], unit: str = "x") -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:.2f}{unit}" if round(lo, 2) == round(hi, 2) else f"{lo:.2f}-{hi:.2f}{unit}"
+
+
+def cost_claims(data: ReportData) -> list[str]:
+    """The paper's other two claims per measured pair: generation FLOPs and memory computed from the
+    configs at the measured shapes (models/cost.py), and the memory each model added to the process
+    when it loaded (`load_rss_delta_bytes`, both models in one run), encoder-decoder / decoder-only."""
+    from slmbench.models import resolve_model
+    from slmbench.models.cost import BYTES_PER_PARAM, generation_cost, pair_ratios
+
+    r = data.ratios
+    if r.empty:
+        return []
+    loaded = {(row.get("group"), row["model"]): row.get("load_rss_delta_bytes") for row in data.rows}
+    lines = []
+    for (ed, do, precision), s in r.groupby(["encoder_decoder", "decoder_only", "precision"]):
+        try:
+            a, b = resolve_model(ed).config, resolve_model(do).config
+        except Exception:  # noqa: BLE001 - a checkpoint no longer on this machine: nothing to compute from
+            continue
+        width = precision if precision in BYTES_PER_PARAM else "fp32"
+        shapes = sorted({(int(i), int(o)) for i, o in zip(s["input_len"], s["output_len"], strict=True)})
+        ratios = [pair_ratios(generation_cost(a, i, o, width), generation_cost(b, i, o, width)) for i, o in shapes]
+        flops = [x["generation_flops"] for x in ratios]
+        memory = [x["peak_memory_bytes"] for x in ratios]
+        measured = [loaded[(g, ed)] / loaded[(g, do)] for g in s["group"]
+                    if loaded.get((g, ed)) and loaded.get((g, do))]
+        fewer, (least, most) = PAPER_FLOPS_REDUCTION_PCT, PAPER_MEMORY_REDUCTION_PCT
+        text = (f"**{ed} vs {do}, {precision}** (computed at {len(shapes)} measured shape(s), input "
+                f"{shapes[0][0]}-{shapes[-1][0]}, output {shapes[0][1]}-{shapes[-1][1]}): generation FLOPs "
+                f"{_span(flops)} of the decoder-only's (paper: {fewer}% fewer, i.e. {1 - fewer / 100:.2f}x); "
+                f"peak memory (weights, KV cache, largest activation) {_span(memory)} (paper: {least}-{most}% "
+                f"less, {1 - most / 100:.2f}-{1 - least / 100:.2f}x)")
+        text += (f"; measured memory added by loading {_span(measured)} over {len(measured)} run(s)."
+                 if measured else "; no measured load memory in these rows.")
+        lines.append(text)
     return lines
 
 

@@ -546,11 +546,13 @@ def crossover(ratios: pd.DataFrame, styles: dict):
             for (o, i), r in cell.items():
                 y, x = outs.index(o), ins.index(i)
                 crosses = getattr(r, low_col) <= 1 <= getattr(r, high_col)
+                dark = abs(grid[y, x]) > 0.6 * span  # white on the deep ends of the colour scale
                 ax.text(x, y, f"{getattr(r, col):.2f}" + ("\n(CI has 1)" if crosses else ""), ha="center",
-                        va="center", fontsize=8)
+                        va="center", fontsize=8, color="white" if dark else "black")
                 if crosses:
                     ax.add_patch(matplotlib.patches.Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, hatch="//",
                                                               edgecolor="0.35", linewidth=0))
+            ax.grid(False)
             ax.set_xticks(range(len(ins)), [str(i) for i in ins])
             ax.set_yticks(range(len(outs)), [str(o) for o in outs])
             ax.set_xlabel("input tokens")
