@@ -53,6 +53,10 @@ FIELDS: dict[str, str] = {
     "peak_rss_bytes": "process RSS high-water mark during the generations (bytes), with every model of the run "
                       "loaded; see rss_scope",
     "rss_scope": "what peak_rss_bytes covers, in words",
+    "memory_phases": "the model alone in a fresh process, one untimed generation: load_bytes (RSS added by "
+                     "loading), and the RSS peak above the loaded RSS to the first token (first_token_bytes: "
+                     "encoder + first step, or the prefill) and while decoding (decode_bytes); None where the OS "
+                     "cannot reset the peak",
     "huge_pages": "how the loaded weights were backed by 2 MiB pages",
     "peak_device_memory_bytes": "the device's memory high-water mark where the runtime reports one (bytes)",
     "tokens_generated": "tokens produced per generation",

@@ -156,11 +156,13 @@ def code_digest(*modules: str) -> str:
     """Digest of exporter source files and of the code every export passes through (the model
     blocks and families it traces, the reference it is checked against, the ONNX shape folding
     that IR and quantized artifacts inherit), so that a change to any of them invalidates the cache."""
-    from slmbench.exporters import fold_shapes
-    from slmbench.models import blocks, families, reference
+    import slmbench.models
 
+    # By path, not by import: blocks.py and families.py import torch, which a cache hit must not pay for.
+    models = Path(slmbench.models.__file__).parent
     h = hashlib.sha256()
-    for module in (*modules, blocks.__file__, families.__file__, reference.__file__, fold_shapes.__file__):
+    for module in (*modules, models / "blocks.py", models / "families.py", models / "reference.py",
+                   Path(__file__).parent / "fold_shapes.py"):
         h.update(Path(module).read_bytes())
     return h.hexdigest()[:16]
 

@@ -152,3 +152,22 @@ def test_more_threads_than_allowed_cpus_is_a_recorded_warning(cache_dir):
     (row,) = run_benchmark(plan(["deconly-tiny"], "cpu", ["onnxruntime"], settings=settings, threads=threads),
                            cache_dir=cache_dir, log=lambda m: None)
     assert row["threads"] == threads and any(w.startswith("oversubscribed:") for w in row["warnings"])
+
+
+def test_every_row_has_its_memory_by_phase(tmp_path, cache_dir, quick_settings):
+    """Each model alone in a fresh process, one untimed generation: the RSS its load adds and the peak
+    of each phase above it; a longer input needs more memory to its first token (activations)."""
+    from slmbench.config import RunSettings, plan
+    from slmbench.core.benchmark import run_benchmark
+
+    rows = {}
+    for n in (16, 512):
+        settings = RunSettings(input_len=n, output_len=6, warmup=0, min_reps=2, min_time_s=0.0)
+        rows[n] = run_benchmark(plan(["mu-tiny", "deconly-tiny"], "cpu", ["onnxruntime"], settings=settings,
+                                     threads=1), cache_dir=cache_dir, log=lambda m: None)
+    for row in rows[16] + rows[512]:
+        phases = row["memory_phases"]
+        assert phases["load_bytes"] > 0 and phases["first_token_bytes"] >= 0 and phases["decode_bytes"] >= 0
+    long = {r["model"]: r["memory_phases"]["first_token_bytes"] for r in rows[512]}
+    short = {r["model"]: r["memory_phases"]["first_token_bytes"] for r in rows[16]}
+    assert long["deconly-tiny"] > short["deconly-tiny"]  # 4 heads x 512 x 512 fp32 scores alone are 4 MiB

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from slmbench.config import RunConfig, check_one_run
 from slmbench.core.child import in_fresh_process
-from slmbench.core.measure import Subject, generate, make_inputs, measure, summarize_subject
+from slmbench.core.measure import Subject, generate, make_inputs, measure, memory_by_phase, summarize_subject
 from slmbench.errors import DeviceUnavailable
 from slmbench.exporters.artifact import NotCached, cached_only, default_cache_dir
 from slmbench.exporters.precision import row_fields as precision_fields
@@ -52,6 +52,22 @@ def _export(config: dict, spec: ModelSpec, cache_dir) -> None:
     run = RunConfig.from_dict(config)
     runner = select_runner(run.device, run.runtime)(run.device, run.threads, run.option_dict)
     runner.prepare(spec, run.precision, cache_dir)
+
+
+def _memory_alone(config: dict, spec: ModelSpec, cache_dir) -> dict:
+    """The model alone in this (fresh) process: what loading it adds to the RSS, then the peak of
+    each phase of one generation above that (core.measure.memory_by_phase)."""
+    run = RunConfig.from_dict(config)
+    loaded = prepare_and_load(run, spec, cache_dir, log=lambda message: None)
+    after = current_rss()
+    settings = run.settings
+    try:
+        phases = memory_by_phase(loaded.runner, make_inputs(settings, spec.config.vocab_size), settings.output_len,
+                                 spec.config.is_encoder_decoder, spec.config.decoder_start_token, after)
+    finally:
+        loaded.runner.close()
+    return {"load_bytes": loaded.load_rss_delta, **phases,
+            "scope": "the model alone in a fresh process, one untimed generation"}
 
 
 def prepare_artifact(config: RunConfig, spec: ModelSpec, runner, cache_dir, log=print):
@@ -168,20 +184,22 @@ def run_benchmark(configs: Sequence[RunConfig], results: Path | str | None = Non
     try:
         measure([subjects], settings, lambda s: generate(s.runner, inputs[s.label], settings.output_len,
                                                          s.encoder_decoder, s.start_token), progress)
+        peak = peak_rss()
     finally:
         for subject in subjects:
             subject.runner.close()
-    peak = peak_rss()
     busy = [f"{s.label}: {w}" for s in subjects if (w := contention_warning(s.contention.summary()))]
     if require_quiet and busy:
         raise MachineBusy("--require-quiet: nothing recorded, the run " + "; ".join(busy))
     env = environment()
+    phases = [in_fresh_process(_memory_alone, c.to_dict(), spec, cache_dir) for c, spec in zip(configs, specs,
+                                                                                                 strict=True)]
     rows = []
-    for subject, item in zip(subjects, loaded, strict=True):
+    for subject, item, phase in zip(subjects, loaded, phases, strict=True):
         rows.append(result_row(item.config, subject, item, group, env,
                                compared_with=[s.label for s in subjects if s is not subject], peak_rss_bytes=peak,
                                rss_scope="process, all models of the run loaded, generations only",
-                               load_peak_rss_bytes=load_peak))
+                               load_peak_rss_bytes=load_peak, memory_phases=phase))
     if results is not None:
         append_rows(results, rows)
     return rows

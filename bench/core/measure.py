@@ -65,6 +65,28 @@ def generate(runner, input_ids: np.ndarray, output_len: int, encoder_decoder: bo
     return Repetition([s - t0 for s in stamps], None if encoder_end is None else encoder_end - t0), tokens
 
 
+def memory_by_phase(runner, input_ids: np.ndarray, output_len: int, encoder_decoder: bool,
+                    start_token: int, loaded_rss: int | None) -> dict[str, int | None]:
+    """One untimed generation on a just-loaded runner, reading the process's memory high-water mark
+    around each phase: how far above the RSS after loading (`loaded_rss`) the first token (encoder +
+    first step, or the prefill) and the decoding take it. Run it in a process of its own (a
+    runtime's arena keeps what earlier generations allocated), never inside timed repetitions."""
+    from slmbench.host.memory import peak_rss, reset_peak_rss
+
+    runner.start(input_ids, output_len)
+    if loaded_rss is None or not reset_peak_rss():
+        return {"first_token_bytes": None, "decode_bytes": None}
+    first = np.full((input_ids.shape[0], 1), start_token, np.int64) if encoder_decoder else input_ids
+    if encoder_decoder:
+        runner.encode(input_ids)
+    step = runner.decode(first)
+    first_peak = peak_rss()
+    reset_peak_rss()
+    for _ in range(1, output_len):
+        step = runner.decode(np.ascontiguousarray(step, dtype=np.int64).reshape(-1, 1))
+    return {"first_token_bytes": max(0, first_peak - loaded_rss), "decode_bytes": max(0, peak_rss() - loaded_rss)}
+
+
 @dataclass
 class Subject:
     """One thing to measure: a loaded runner with its model."""

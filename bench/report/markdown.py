@@ -267,17 +267,26 @@ def _span(values: list[float], unit: str = "x") -> str:
     return f"{lo:.2f}{unit}" if round(lo, 2) == round(hi, 2) else f"{lo:.2f}-{hi:.2f}{unit}"
 
 
+def _measured_memory(row: dict) -> int | None:
+    """A model's measured memory: load plus the peak of a generation above it (`memory_phases`);
+    rows from before that was measured fall back to what loading added in the shared process."""
+    phases = row.get("memory_phases") or {}
+    if phases.get("load_bytes") and phases.get("decode_bytes") is not None:
+        return phases["load_bytes"] + max(phases["first_token_bytes"] or 0, phases["decode_bytes"])
+    return row.get("load_rss_delta_bytes")
+
+
 def cost_claims(data: ReportData) -> list[str]:
     """The paper's other two claims per measured pair: generation FLOPs and memory computed from the
-    configs at the measured shapes (models/cost.py), and the memory each model added to the process
-    when it loaded (`load_rss_delta_bytes`, both models in one run), encoder-decoder / decoder-only."""
+    configs at the measured shapes (models/cost.py), and the measured memory of each model
+    (_measured_memory), encoder-decoder / decoder-only."""
     from slmbench.models import resolve_model
     from slmbench.models.cost import BYTES_PER_PARAM, generation_cost, pair_ratios
 
     r = data.ratios
     if r.empty:
         return []
-    loaded = {(row.get("group"), row["model"]): row.get("load_rss_delta_bytes") for row in data.rows}
+    loaded = {(row.get("group"), row["model"]): _measured_memory(row) for row in data.rows}
     lines = []
     for (ed, do, precision), s in r.groupby(["encoder_decoder", "decoder_only", "precision"]):
         try:
@@ -297,8 +306,9 @@ def cost_claims(data: ReportData) -> list[str]:
                 f"{_span(flops)} of the decoder-only's (paper: {fewer}% fewer, i.e. {1 - fewer / 100:.2f}x); "
                 f"peak memory (weights, KV cache, largest activation) {_span(memory)} (paper: {least}-{most}% "
                 f"less, {1 - most / 100:.2f}-{1 - least / 100:.2f}x)")
-        text += (f"; measured memory added by loading {_span(measured)} over {len(measured)} run(s)."
-                 if measured else "; no measured load memory in these rows.")
+        text += (f"; measured memory (what loading added, plus the generation's peak above it, each model alone "
+                 f"in a fresh process) {_span(measured)} over {len(measured)} run(s)."
+                 if measured else "; no measured memory in these rows.")
         lines.append(text)
     return lines
 
