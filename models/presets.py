@@ -4,8 +4,9 @@ the same block, stacked to the same parameter budget, at three budgets plus tiny
 Mu (docs/paper.md): 20 encoder / 10 decoder layers, hidden 1024, 6 query heads and 3 KV heads
 of 64 (inner width 384), MLP 1024->4096->1024 non-gated tanh-GELU with bias, RMSNorm 1e-6,
 RoPE 10000, vocabulary 32128 tied. The paper allows 1024 positions, 4096 with RoPE scaling; the
-presets admit 8192 so the input-scaling sweep reaches the range of the paper's intro figure
-(512 to 8192 tokens) for both families. Positions do not change the parameter count.
+presets admit 8192 + 512 so the input-scaling sweep reaches the range of the paper's intro figure
+(512 to 8192 input tokens) for both families, a decoder-only model's generated tokens included.
+Positions do not change the parameter count.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ ED, DO = Family.ENCODER_DECODER, Family.DECODER_ONLY
 def _pair(size: str, hidden: int, heads: int, kv_heads: int, ffn: int, enc: int, dec: int,
           deconly_layers: int, **common) -> dict[str, ArchConfig]:
     shared = dict(vocab_size=32128, hidden=hidden, attn_heads=heads, kv_heads=kv_heads, head_dim=64, ffn=ffn,
-                  max_positions=8192, **common)
+                  max_positions=8192 + 512, **common)
     return {
         f"mu-{size}": ArchConfig(family=ED, encoder_layers=enc, decoder_layers=dec, **shared),
         f"deconly-{size}": ArchConfig(family=DO, encoder_layers=0, decoder_layers=deconly_layers, **shared),
