@@ -29,7 +29,8 @@ def tiny_sweep(tmp_path, **grid):
 
 def test_every_shipped_sweep_loads_and_expands():
     shipped = shipped_sweeps()
-    assert {"quick", "paper-cpu", "paper-gpu", "paper-npu", "input-scaling", "budget-scaling"} <= set(shipped)
+    assert {"quick", "paper-cpu", "paper-gpu", "paper-npu", "input-scaling", "budget-scaling",
+            "crossover"} <= set(shipped)
     for name in shipped:
         configs, _ = load_sweep(name).configurations()
         assert configs, name
@@ -49,7 +50,7 @@ def test_paper_cpu_is_the_paper_pair_on_two_runtimes():
 
 def test_input_scaling_runs_the_pair_at_every_length():
     configs, notes = load_sweep("input-scaling").configurations()
-    assert [c.settings.input_len for c in configs] == [64, 128, 256, 512, 1024, 2048, 4096]
+    assert [c.settings.input_len for c in configs] == [64, 128, 256, 512, 1024, 2048, 4096, 8192]
     assert all(c.models == ("mu-330m", "deconly-330m") for c in configs) and not notes
 
 

@@ -12,7 +12,7 @@ from slmbench.core.benchmark import run_benchmark
 from slmbench.core.measure import generate
 from slmbench.errors import InvalidOption
 from slmbench.exporters.parity import parity_inputs
-from slmbench.models import resolve_model
+from slmbench.models import reference, resolve_model
 from slmbench.runners.onnxruntime import OnnxRuntimeRunner
 from slmbench.runners.torch import TorchRunner
 
@@ -43,15 +43,29 @@ def loaded(cls, name, cache_dir, precision="fp32"):
     return runner
 
 
+class _Keeping:
+    """A runner as a session for the one teacher-forced loop, keeping what `step` returns for each
+    fed token (ONNX Runtime's next tokens, or the torch runner's logits)."""
+
+    def __init__(self, runner, step):
+        self.runner, self.step = runner, step
+
+    def start(self, input_ids, max_new_tokens):
+        self.runner.start(input_ids, max_new_tokens)
+
+    def encode(self, input_ids):
+        self.runner.encode(input_ids)
+
+    def decode(self, input_ids):
+        self.kept = self.step(input_ids)
+        return self.kept
+
+    def logits(self):
+        return self.kept
+
+
 def teacher_forced(runner, cfg, prompt, forced, step):
-    """Prompt (or encoder + start token), then each forced token; `step` returns what to keep."""
-    runner.start(prompt, forced.shape[1] + 1)
-    if cfg.is_encoder_decoder:
-        runner.encode(prompt)
-        first = np.full((prompt.shape[0], 1), cfg.decoder_start_token, np.int64)
-    else:
-        first = prompt
-    return [step(first)] + [step(forced[:, i:i + 1]) for i in range(forced.shape[1])]
+    return reference.teacher_forced(_Keeping(runner, step), cfg, prompt, forced)
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -216,6 +216,12 @@ def accuracy_rows(data: ReportData) -> pd.DataFrame:
     return frame.assign(_o=order).sort_values(["model", "runtime", "_o"]).drop(columns="_o")
 
 
+def _at_shapes(s: pd.DataFrame, value: str, ci: str, fmt: str, unit: str) -> str:
+    """"v [lo, hi] at in/out; ..." over the shapes of one series."""
+    return "; ".join(f"{_ci(v, lo, hi, fmt, unit)} at {i}/{o}" for v, lo, hi, i, o in zip(
+        s[value], s[f"{ci}_low"], s[f"{ci}_high"], s["input_len"], s["output_len"], strict=True))
+
+
 def claims_text(data: ReportData) -> list[str]:
     """One sentence per device/runtime/pair: what was measured, against the paper, whatever the outcome."""
     r = data.ratios
@@ -226,28 +232,8 @@ def claims_text(data: ReportData) -> list[str]:
     lines = []
     for (platform, series), s in r.groupby(["platform", "series"]):
         s = s.sort_values(["input_len", "output_len"])
-        red = "; ".join(
-            f"{_ci(v, lo, hi, '.0f', '%')} at {i}/{o}"
-            for v, lo, hi, i, o in zip(
-                s["ttft_reduction_pct"],
-                s["ttft_reduction_low"],
-                s["ttft_reduction_high"],
-                s["input_len"],
-                s["output_len"],
-                strict=True,
-            )
-        )
-        thr = "; ".join(
-            f"{_ci(v, lo, hi, '.2f', 'x')} at {i}/{o}"
-            for v, lo, hi, i, o in zip(
-                s["throughput_ratio"],
-                s["throughput_ratio_low"],
-                s["throughput_ratio_high"],
-                s["input_len"],
-                s["output_len"],
-                strict=True,
-            )
-        )
+        red = _at_shapes(s, "ttft_reduction_pct", "ttft_reduction", ".0f", "%")
+        thr = _at_shapes(s, "throughput_ratio", "throughput_ratio", ".2f", "x")
         lines.append(
             f"**{series} on {platform}**: TTFT reduction {red} (input/output "
             f"tokens); decode throughput ratio {thr}. Against the paper's {PAPER_TTFT_REDUCTION_PCT:g}% "
