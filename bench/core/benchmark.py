@@ -192,6 +192,8 @@ def run_benchmark(configs: Sequence[RunConfig], results: Path | str | None = Non
     if require_quiet and busy:
         raise MachineBusy("--require-quiet: nothing recorded, the run " + "; ".join(busy))
     env = environment()
+    if any(c.device == "cpu" for c in configs):
+        log("memory by phase: each model alone in a fresh process, one untimed generation")
     phases = [in_fresh_process(_memory_alone, c.to_dict(), spec, cache_dir) if c.device == "cpu" else
               {"scope": f"not measured on {c.device}: host RSS is not its memory, and a second load compiles again"}
               for c, spec in zip(configs, specs, strict=True)]
