@@ -287,8 +287,9 @@ def cost_claims(data: ReportData) -> list[str]:
         measured = [loaded[(g, ed)] / loaded[(g, do)] for g in s["group"]
                     if loaded.get((g, ed)) and loaded.get((g, do))]
         fewer, (least, most) = PAPER_FLOPS_REDUCTION_PCT, PAPER_MEMORY_REDUCTION_PCT
+        ins, outs = [i for i, _ in shapes], [o for _, o in shapes]
         text = (f"**{ed} vs {do}, {precision}** (computed at {len(shapes)} measured shape(s), input "
-                f"{shapes[0][0]}-{shapes[-1][0]}, output {shapes[0][1]}-{shapes[-1][1]}): generation FLOPs "
+                f"{min(ins)}-{max(ins)}, output {min(outs)}-{max(outs)}): generation FLOPs "
                 f"{_span(flops)} of the decoder-only's (paper: {fewer}% fewer, i.e. {1 - fewer / 100:.2f}x); "
                 f"peak memory (weights, KV cache, largest activation) {_span(memory)} (paper: {least}-{most}% "
                 f"less, {1 - most / 100:.2f}-{1 - least / 100:.2f}x)")
