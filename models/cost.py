@@ -34,17 +34,14 @@ class Shapes:
     kv: int  # key/value width (kv heads x head dim)
     mlp: int  # MLP matmul FLOPs per token
     vocab: int
+    self_projections: int  # Q, K, V and output projections of one token: 2 FLOPs per weight
 
     @classmethod
     def of(cls, cfg: ArchConfig) -> Shapes:
         h, f = cfg.hidden, cfg.ffn
         mlp = 2 * ((2 if cfg.gated_mlp else 1) * h * f + f * h)
-        return cls(h, cfg.attn_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, mlp, cfg.vocab_size)
-
-    @property
-    def self_projections(self) -> int:
-        """Q, K, V and output projections of one token (FLOPs)."""
-        return 2 * (self.h * self.q + 2 * self.h * self.kv + self.q * self.h)
+        return cls(h, cfg.attn_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, mlp, cfg.vocab_size,
+                   2 * cfg.attention_parameters)
 
     @property
     def cross_projections(self) -> int:
@@ -104,6 +101,33 @@ def kv_cache_bytes(cfg: ArchConfig, length: int, source_len: int = 0, kv_bytes: 
     row = 2 * cfg.kv_heads * cfg.head_dim * cfg.decoder_layers * kv_bytes
     cross = row * source_len if cfg.is_encoder_decoder else 0
     return {"self_kv_bytes": int(row * length), "cross_kv_bytes": int(cross), "kv_bytes": int(row * length + cross)}
+
+
+def decode_bytes_per_token(cfg: ArchConfig, precision: str = "fp32", position: int = 0, source_len: int = 0) -> dict:
+    """Bytes one batch-1 decode step must read: decoder weights, the LM head, and the KV cache.
+
+    The encoder's weights are not read while decoding, nor the embedding table beyond one row
+    (but a tied LM head reads the whole table). KV bytes count fp32 caches at `position`.
+    """
+    weights = cfg.parameter_count()
+    if cfg.is_encoder_decoder:
+        encoder = cfg.encoder_layers * cfg.encoder_layer_parameters + cfg.hidden  # with its final norm
+        cross_kv = cfg.decoder_layers * 2 * cfg.hidden * cfg.kv_heads * cfg.head_dim
+        weights -= encoder + cross_kv  # cross K/V projections run once per request, not per token
+    if not cfg.tie_embeddings:
+        weights -= cfg.vocab_size * cfg.hidden  # the input table is looked up, not streamed
+    kv_bytes = kv_cache_bytes(cfg, position, source_len)["kv_bytes"]
+    weight_bytes = weights * BYTES_PER_PARAM[precision]
+    return {"weight_bytes": int(weight_bytes), "kv_bytes": int(kv_bytes),
+            "bytes_per_token": int(weight_bytes + kv_bytes)}
+
+
+def mean_decode_bytes(cfg: ArchConfig, precision: str, input_len: int, output_len: int) -> dict:
+    """decode_bytes_per_token at the mean position of a generation: what a decode-throughput
+    ceiling is read against (host/roofline.py)."""
+    if cfg.is_encoder_decoder:
+        return decode_bytes_per_token(cfg, precision, position=output_len // 2, source_len=input_len)
+    return decode_bytes_per_token(cfg, precision, position=input_len + output_len // 2)
 
 
 def generation_cost(cfg: ArchConfig, input_len: int, output_len: int, precision: str = "fp32",

@@ -119,28 +119,32 @@ def test_the_stored_ceiling_is_the_best_quiet_reading_and_counts_them(tmp_path, 
 
 
 def test_a_decode_above_its_ceiling_remeasures_and_is_marked_if_still_above(tmp_path, monkeypatch):
-    from slmbench.host.roofline import decode_bytes_per_token, row_roofline
+    from slmbench.host.roofline import row_roofline
+    from slmbench.models.cost import decode_bytes_per_token, mean_decode_bytes
     from slmbench.models.presets import get_preset
 
     cfg = get_preset("deconly-330m")
     need = decode_bytes_per_token(cfg, "fp32", position=512 + 32)["bytes_per_token"]
     calls = _fake_bandwidth(monkeypatch, [30e9, 50e9, 50e9, 60e9])
     cache = tmp_path / "artifacts"
-    below = row_roofline(cfg, "fp32", 512, 64, 2, cache, decode_tps=20e9 / need)
+    mean = mean_decode_bytes(cfg, "fp32", 512, 64)
+    below = row_roofline(mean, 2, cache, decode_tps=20e9 / need)
     assert not below["remeasured"] and not below["exceeded"] and below["fraction_of_ceiling"] == pytest.approx(2 / 3)
-    fixed = row_roofline(cfg, "fp32", 512, 64, 2, cache, decode_tps=40e9 / need)  # 40 > 30: re-measured
+    fixed = row_roofline(mean, 2, cache, decode_tps=40e9 / need)  # 40 > 30: re-measured
     assert fixed["remeasured"] and not fixed["exceeded"] and fixed["fraction_of_ceiling"] == pytest.approx(0.8)
-    above = row_roofline(cfg, "fp32", 512, 64, 2, cache, decode_tps=55e9 / need)
+    above = row_roofline(mean, 2, cache, decode_tps=55e9 / need)
     assert above["remeasured"] and above["exceeded"] and above["fraction_of_ceiling"] == pytest.approx(1.1)
     assert len(calls) == 3
 
 
 def test_a_model_that_fits_in_the_cache_has_no_bandwidth_ceiling(tmp_path, monkeypatch):
     from slmbench.host import roofline
+    from slmbench.models.cost import mean_decode_bytes
     from slmbench.models.presets import get_preset
 
     calls = _fake_bandwidth(monkeypatch, [])
     monkeypatch.setattr(roofline, "last_level_cache_bytes", lambda: 32 << 20)
-    roof = roofline.row_roofline(get_preset("mu-tiny"), "fp32", 64, 16, 2, tmp_path / "a", decode_tps=900.0)
+    roof = roofline.row_roofline(mean_decode_bytes(get_preset("mu-tiny"), "fp32", 64, 16), 2, tmp_path / "a",
+                                 decode_tps=900.0)
     assert roof["fraction_of_ceiling"] is None and roof["ceiling_tokens_per_s"] is None and not calls
     assert "last-level cache" in roof["bound"]

@@ -104,7 +104,7 @@ def test_config_validation(bad, message):
 def test_decode_reads_the_weights_the_module_uses_per_token(name):
     """Roofline bytes: every parameter except the encoder's and the cross-attention K/V projections
     (run once per request), counted from the module itself."""
-    from slmbench.host.roofline import decode_bytes_per_token
+    from slmbench.models.cost import decode_bytes_per_token
 
     spec = resolve_model(name)
     per_token = sum(p.numel() for n, p in spec.build().named_parameters()

@@ -27,8 +27,9 @@ from slmbench.host.cpus import allowed_cpus
 from slmbench.host.environment import environment
 from slmbench.host.hugepages import back_with_huge_pages
 from slmbench.host.memory import current_rss, peak_rss, reset_peak_rss
-from slmbench.host.roofline import BYTES_PER_PARAM, row_roofline
+from slmbench.host.roofline import row_roofline
 from slmbench.models import ModelSpec, resolve_model
+from slmbench.models.cost import BYTES_PER_PARAM, mean_decode_bytes
 from slmbench.results import append_rows, check_writable
 from slmbench.rows import measured_row
 from slmbench.runners import select_runner
@@ -119,7 +120,8 @@ def result_row(config: RunConfig, subject: Subject, loaded: Loaded, group: str, 
                         "use; threads wait for each other, so times are not this machine's best")
     roofline = None
     if config.precision in BYTES_PER_PARAM and not config.loop:  # overhead loops: no ceiling needed
-        roofline = row_roofline(spec.config, config.precision, s.input_len, s.output_len, config.threads,
+        roofline = row_roofline(mean_decode_bytes(spec.config, config.precision, s.input_len, s.output_len),
+                                config.threads,
                                 artifact.path.parent if artifact.path else default_cache_dir(),
                                 (metrics.get("decode_tps") or {}).get("median"), batch)
     return measured_row(

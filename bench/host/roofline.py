@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int4": 0.5}
 CACHE_MULTIPLE = 4  # bytes per token below this many last-level caches: no DRAM ceiling
 LAYER_SHAPE = (1024, 4096)  # the 330M presets' MLP: a decode step's typical matrices
 
@@ -130,26 +129,6 @@ def measure_bandwidth(threads: int = 2, megabytes: int = 512, trials: int = 5) -
             "kernels": kernels, "buffer_bytes": megabytes << 20, "threads": threads}
 
 
-def decode_bytes_per_token(cfg, precision: str = "fp32", position: int = 0, source_len: int = 0) -> dict:
-    """Bytes one batch-1 decode step must read: decoder weights, the LM head, and the KV cache.
-
-    The encoder's weights are not read while decoding, nor the embedding table beyond one row
-    (but a tied LM head reads the whole table). KV bytes count fp32 caches at `position`.
-    """
-    weights = cfg.parameter_count()
-    if cfg.is_encoder_decoder:
-        encoder = cfg.encoder_layers * cfg.encoder_layer_parameters + cfg.hidden  # with its final norm
-        cross_kv = cfg.decoder_layers * 2 * cfg.hidden * cfg.kv_heads * cfg.head_dim
-        weights -= encoder + cross_kv  # cross K/V projections run once per request, not per token
-    if not cfg.tie_embeddings:
-        weights -= cfg.vocab_size * cfg.hidden  # the input table is looked up, not streamed
-    kv_row = 2 * cfg.kv_heads * cfg.head_dim * 4 * cfg.decoder_layers
-    kv_bytes = kv_row * position + (kv_row * source_len if cfg.is_encoder_decoder else 0)
-    weight_bytes = weights * BYTES_PER_PARAM[precision]
-    return {"weight_bytes": int(weight_bytes), "kv_bytes": int(kv_bytes),
-            "bytes_per_token": int(weight_bytes + kv_bytes)}
-
-
 def ceiling_tokens_per_s(bytes_per_token: float, bandwidth: float) -> float:
     return bandwidth / bytes_per_token
 
@@ -195,16 +174,12 @@ def host_bandwidth(threads: int, cache_dir: Path | str, refresh: bool = False) -
         return best
 
 
-def row_roofline(cfg, precision: str, input_len: int, output_len: int, threads: int, cache_dir: Path | str,
-                 decode_tps: float | None = None, batch: int = 1) -> dict:
-    """The ceiling a result row is read against: bytes per decode token at the mean position of
-    the generation, the machine's bandwidth, the tokens/s those allow at batch 1, and (given the
-    measured decode tokens/s) the fraction of that ceiling reached. A decode faster than the
-    ceiling re-measures the bandwidth once; a fraction still above 1 is marked `exceeded`."""
-    if cfg.is_encoder_decoder:
-        need = decode_bytes_per_token(cfg, precision, position=output_len // 2, source_len=input_len)
-    else:
-        need = decode_bytes_per_token(cfg, precision, position=input_len + output_len // 2)
+def row_roofline(need: dict, threads: int, cache_dir: Path | str, decode_tps: float | None = None,
+                 batch: int = 1) -> dict:
+    """The ceiling a result row is read against: the bytes one decode step reads (`need`, from
+    models/cost.mean_decode_bytes), the machine's bandwidth, the tokens/s those allow at batch 1,
+    and (given the measured decode tokens/s) the fraction of that ceiling reached. A decode faster
+    than the ceiling re-measures the bandwidth once; a fraction still above 1 is marked `exceeded`."""
     llc = last_level_cache_bytes()
     if llc and need["bytes_per_token"] < CACHE_MULTIPLE * llc:
         return {**need, "ceiling_tokens_per_s": None, "fraction_of_ceiling": None, "last_level_cache_bytes": llc,

@@ -97,6 +97,7 @@ def main(models, runtimes, input_len, output_len, threads, min_reps, out, cache_
     from slmbench.host.environment import environment, this_machine
     from slmbench.host.roofline import host_bandwidth, row_roofline
     from slmbench.models import resolve_model
+    from slmbench.models.cost import mean_decode_bytes
     from slmbench.runners import RUNNERS
     from slmbench.tools.overhead import measure_overhead, overhead_ratios
 
@@ -145,7 +146,7 @@ def main(models, runtimes, input_len, output_len, threads, min_reps, out, cache_
                 ratio = overhead_ratios(rows)[0]
                 harness = next(r for r in rows if r["loop"] == "harness")
                 tps = harness["metrics"]["decode_tps"]["median"]
-                roof = row_roofline(spec.config, "fp32", input_len, output_len, threads, store, tps)
+                roof = row_roofline(mean_decode_bytes(spec.config, "fp32", input_len, output_len), threads, store, tps)
                 speed.append({"runtime": runtime, "model": spec.name, "family": spec.family.value,
                               "overhead_ttft": ratio["overhead_ttft"], "overhead_step": ratio["overhead_step"],
                               "ttft_s": harness["metrics"]["ttft_s"]["median"], "decode_tps": tps,
