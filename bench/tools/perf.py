@@ -62,6 +62,12 @@ def _peak_rss(model: str, runtime: str, input_len: int, output_len: int, threads
             "run_ratio": row["peak_rss_bytes"] / weights, "process_peak_rss_bytes": row.get("load_peak_rss_bytes")}
 
 
+def _or_bound(roof: dict, text: str) -> str:
+    """A ceiling figure, or "cache-resident" for a model whose bytes per token fit in the cache
+    (host/roofline.py gives it no DRAM ceiling)."""
+    return text if roof.get("ceiling_tokens_per_s") is not None else "cache-resident"
+
+
 def _huge(record: dict | None) -> str:
     """The process's anonymous memory on huge pages after the load, or why there is none."""
     if not record:
@@ -162,8 +168,9 @@ def main(models, runtimes, input_len, output_len, threads, min_reps, out, cache_
             table.add_row(s["runtime"], s["model"], f"{s['ttft_s'] * 1e3:.0f} ms",
                           ok(s["overhead_ttft"], GOALS["overhead"]) + f"{s['overhead_ttft']:.3f}x",
                           ok(s["overhead_step"], GOALS["overhead"]) + f"{s['overhead_step']:.3f}x",
-                          f"{s['bytes_per_token'] / 1e6:.0f} MB", f"{s['ceiling_tokens_per_s']:.1f}",
-                          f"{s['decode_tps']:.1f}", f"{100 * s['fraction_of_ceiling']:.0f}%", _huge(s["huge_pages"]))
+                          f"{s['bytes_per_token'] / 1e6:.0f} MB", _or_bound(s, f"{s['ceiling_tokens_per_s'] or 0:.1f}"),
+                          f"{s['decode_tps']:.1f}", _or_bound(s, f"{100 * (s['fraction_of_ceiling'] or 0):.0f}%"),
+                          _huge(s["huge_pages"]))
         console.print(table)
 
         memory = [_peak_rss(spec.name, runtime, input_len, output_len, threads, run_cache)
