@@ -56,7 +56,9 @@ FIELDS: dict[str, str] = {
     "memory_phases": "the model alone in a fresh process, one untimed generation: load_bytes (RSS added by "
                      "loading), and the RSS peak above the loaded RSS to the first token (first_token_bytes: "
                      "encoder + first step, or the prefill) and while decoding (decode_bytes); None where the OS "
-                     "cannot reset the peak; CPU runs only (scope says why not)",
+                     "cannot reset the peak; on CUDA also device: the process's device memory once loaded "
+                     "(loaded_bytes, NVML) and its growth by the end of the first token and of the decoding; "
+                     "CPU and CUDA runs only (scope says why not)",
     "huge_pages": "how the loaded weights were backed by 2 MiB pages",
     "peak_device_memory_bytes": "the device's memory high-water mark where the runtime reports one (bytes)",
     "tokens_generated": "tokens produced per generation",

@@ -10,6 +10,7 @@ Graphs (all axes named below are dynamic):
   not once per token. `decoder.onnx` takes them plus encoder_attention_mask and the self-attention
   cache as above.
 The legacy TorchScript exporter is used: it is quick and handles both families (docs/environment.md).
+Weights are stored beside the graphs, a tensor both graphs hold once (external_weights.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slmbench.exporters import fold_shapes, parity
+from slmbench.exporters import external_weights, fold_shapes, parity
 from slmbench.exporters.artifact import Artifact, ArtifactError, code_digest, ensure_artifact
 from slmbench.exporters.precision import check_supported, onnx_recipe
 from slmbench.models.spec import ModelSpec
@@ -149,12 +150,13 @@ def export_onnx(spec: ModelSpec, out: Path, variant: dict) -> dict:
                           dec["outputs"], dynamic)
         else:
             _export_graph(decoder_only, [ids, *past], out / dec["file"], dec["inputs"], dec["outputs"], dynamic)
+    stored = external_weights.externalize(out, [graph["file"] for graph in graphs.values()])
     for graph in graphs.values():
         onnx.checker.check_model(str(out / graph["file"]))
     result = parity.check(model, cfg, lambda p, f: ort_step_logits(out, graphs, cfg, p, f), "onnxruntime")
     return {"graphs": graphs, "kv": kv_layout(cfg), "opset": OPSET, "precision": variant["precision"],
             "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
-            "versions": {"torch": torch.__version__, "onnx": onnx.__version__}, "parity": result,
+            "versions": {"torch": torch.__version__, "onnx": onnx.__version__}, "parity": result, "weights": stored,
             "reference_parity": getattr(model, "reference_parity", None),
             "precision_recipe": onnx_recipe("fp32", cfg).to_dict()}
 
@@ -220,4 +222,4 @@ def onnx_artifact(spec: ModelSpec, precision: str = "fp32", cache_dir=None, forc
     if precision != "fp32":
         raise ValueError(f"onnx_artifact exports fp32; {precision} comes from quantize_onnx.quantized_onnx_artifact")
     return ensure_artifact(spec, "onnx", {"precision": precision}, export_onnx,
-                           code_digest(__file__, parity.__file__), cache_dir, force)
+                           code_digest(__file__, parity.__file__, external_weights.__file__), cache_dir, force)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from slmbench.exporters import external_weights, parity, precision
 from slmbench.exporters import onnx as onnx_exporter
-from slmbench.exporters import parity, precision
 from slmbench.exporters.artifact import Artifact, code_digest, ensure_artifact
 from slmbench.exporters.precision import Recipe
 from slmbench.models.spec import ModelSpec
@@ -197,6 +197,7 @@ def export_quantized(spec: ModelSpec, out: Path, source: Artifact, rec: Recipe) 
     graphs = source.manifest["graphs"]
     for graph in graphs.values():
         convert_graph(source.path / graph["file"], out / graph["file"], rec)
+    stored = external_weights.externalize(out, [graph["file"] for graph in graphs.values()])
     model = spec.build()
     accuracy = precision.measure_accuracy(
         model, cfg, lambda p, f: onnx_exporter.ort_step_logits(out, graphs, cfg, p, f), "onnxruntime(CPU)", rec
@@ -214,6 +215,7 @@ def export_quantized(spec: ModelSpec, out: Path, source: Artifact, rec: Recipe) 
         "versions": versions,
         "parity": accuracy,
         "accuracy": accuracy,
+        "weights": stored,
         "weights_by_type": {role: weight_types(out / g["file"]) for role, g in graphs.items()},
         "reference_parity": source.manifest.get("reference_parity"),
     }
@@ -225,7 +227,8 @@ def quantized_onnx_artifact(
     """The fp16/int8/int4 ONNX artifact of `spec`, derived from (and exporting if needed) fp32."""
     rec = precision.onnx_recipe(precision_name, spec.config)
     source, _ = onnx_exporter.onnx_artifact(spec, "fp32", cache_dir)
-    code = code_digest(onnx_exporter.__file__, parity.__file__, precision.__file__, __file__)
+    code = code_digest(onnx_exporter.__file__, parity.__file__, precision.__file__, external_weights.__file__,
+                       __file__)
     return ensure_artifact(
         spec,
         "onnx",

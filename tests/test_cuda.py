@@ -2,6 +2,7 @@
 and exit 2, provenance parsing is right; the GPU tests themselves are marked and skip with the
 reason. `bench/tools/gpu_check.py` (the script for a lent GPU machine) is run here in its CPU mode."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -280,3 +281,40 @@ def test_onnxruntime_cuda_matches_torch_cpu(tiny_onnx):
         got = generate(ort, ids, 8, cfg.is_encoder_decoder, cfg.decoder_start_token)[1]
         want = generate(reference, ids, 8, cfg.is_encoder_decoder, cfg.decoder_start_token)[1]
         assert np.array_equal(got, want)
+
+
+def test_a_process_device_memory_is_its_own_nvml_reading(monkeypatch):
+    me = os.getpid()
+    listing = {"compute-apps": [f"{me + 1}, 9000", f"{me}, 1500", f"{me}, 24", "garbage"]}
+    monkeypatch.setattr(cuda, "_smi", lambda query, kind="gpu": listing.get(kind, []))
+    assert cuda.process_device_memory() == (1500 + 24) * 1024 * 1024  # every GPU it holds, not the others'
+    assert cuda.process_device_memory(me + 1) == 9000 * 1024 * 1024
+    assert cuda.process_device_memory(me + 2) is None  # not listed: no context, or PIDs hidden; never 0
+
+
+def test_memory_by_phase_reads_the_device_where_it_has_memory_of_its_own(tiny_onnx):
+    """A CUDA runner's phases carry the device's readings: loaded, then each phase's growth above
+    it; on a CPU there is no device entry. The CUDA runner is the ONNX Runtime CPU one with its
+    device reading replaced by a pool that grows by 4 MiB per call and never shrinks."""
+    from slmbench.core.measure import memory_by_phase
+    from slmbench.host.memory import current_rss
+
+    runner = OnnxRuntimeRunner("cpu", threads=1)
+    runner.load(tiny_onnx["deconly-tiny"])
+    ids = np.ones((1, 8), np.int64)
+    cpu = memory_by_phase(runner, ids, 4, False, 0, current_rss())
+    assert "device" not in cpu and cpu["decode_bytes"] is not None
+    pool = iter(range(500 << 20, 600 << 20, 4 << 20))
+    runner.device_memory_in_use = lambda: next(pool)
+    device = memory_by_phase(runner, ids, 4, False, 0, current_rss())["device"]
+    assert device["loaded_bytes"] == 500 << 20
+    assert device["first_token_bytes"] == 4 << 20 and device["decode_bytes"] == 8 << 20
+
+
+def test_the_memory_claim_counts_a_cuda_models_device_memory():
+    from slmbench.report.markdown import _measured_memory
+
+    host = {"load_bytes": 100, "first_token_bytes": 5, "decode_bytes": 7}
+    assert _measured_memory({"memory_phases": host}) == 107
+    device = {"loaded_bytes": 2000, "first_token_bytes": 30, "decode_bytes": 40}
+    assert _measured_memory({"memory_phases": {**host, "device": device}}) == 2040

@@ -55,6 +55,9 @@ def _export(config: dict, spec: ModelSpec, cache_dir) -> None:
     runner.prepare(spec, run.precision, cache_dir)
 
 
+MEMORY_DEVICES = ("cpu", "cuda")  # where a model's memory can be read: the RSS; NVML's per-process reading
+
+
 def _memory_alone(config: dict, spec: ModelSpec, cache_dir) -> dict:
     """The model alone in this (fresh) process: what loading it adds to the RSS, then the peak of
     each phase of one generation above that (core.measure.memory_by_phase)."""
@@ -194,10 +197,11 @@ def run_benchmark(configs: Sequence[RunConfig], results: Path | str | None = Non
     if require_quiet and busy:
         raise MachineBusy("--require-quiet: nothing recorded, the run " + "; ".join(busy))
     env = environment()
-    if any(c.device == "cpu" for c in configs):
+    if any(c.device in MEMORY_DEVICES for c in configs):
         log("memory by phase: each model alone in a fresh process, one untimed generation")
-    phases = [in_fresh_process(_memory_alone, c.to_dict(), spec, cache_dir) if c.device == "cpu" else
-              {"scope": f"not measured on {c.device}: host RSS is not its memory, and a second load compiles again"}
+    phases = [in_fresh_process(_memory_alone, c.to_dict(), spec, cache_dir) if c.device in MEMORY_DEVICES else
+              {"scope": f"not measured on {c.device}: host RSS is not its memory, it reports none per process, "
+                        "and a second load compiles again"}
               for c, spec in zip(configs, specs, strict=True)]
     rows = []
     for subject, item, phase in zip(subjects, loaded, phases, strict=True):

@@ -66,25 +66,36 @@ def generate(runner, input_ids: np.ndarray, output_len: int, encoder_decoder: bo
 
 
 def memory_by_phase(runner, input_ids: np.ndarray, output_len: int, encoder_decoder: bool,
-                    start_token: int, loaded_rss: int | None) -> dict[str, int | None]:
+                    start_token: int, loaded_rss: int | None) -> dict:
     """One untimed generation on a just-loaded runner, reading the process's memory high-water mark
     around each phase: how far above the RSS after loading (`loaded_rss`) the first token (encoder +
-    first step, or the prefill) and the decoding take it. Run it in a process of its own (a
-    runtime's arena keeps what earlier generations allocated), never inside timed repetitions."""
+    first step, or the prefill) and the decoding take it. On a device with memory of its own
+    (CUDA), also the process's device memory after loading and how far each phase grew it: the
+    runtimes' pools (ONNX Runtime's arena, torch's caching allocator) keep what they reserve, so the
+    reading after a phase is the high-water mark up to it. Run it in a process of its own (an arena
+    keeps what earlier generations allocated), never inside timed repetitions."""
     from slmbench.host.memory import peak_rss, reset_peak_rss
 
     runner.start(input_ids, output_len)
-    if loaded_rss is None or not reset_peak_rss():
-        return {"first_token_bytes": None, "decode_bytes": None}
+    host = loaded_rss is not None and reset_peak_rss()
+    device_loaded = runner.device_memory_in_use()
     first = np.full((input_ids.shape[0], 1), start_token, np.int64) if encoder_decoder else input_ids
     if encoder_decoder:
         runner.encode(input_ids)
     step = runner.decode(first)
-    first_peak = peak_rss()
+    first_peak, first_device = peak_rss(), runner.device_memory_in_use()
     reset_peak_rss()
     for _ in range(1, output_len):
         step = runner.decode(np.ascontiguousarray(step, dtype=np.int64).reshape(-1, 1))
-    return {"first_token_bytes": max(0, first_peak - loaded_rss), "decode_bytes": max(0, peak_rss() - loaded_rss)}
+    decode_peak, decode_device = peak_rss(), runner.device_memory_in_use()
+    above = lambda reading, base: None if reading is None or base is None else max(0, reading - base)
+    phases = {"first_token_bytes": above(first_peak, loaded_rss) if host else None,
+              "decode_bytes": above(decode_peak, loaded_rss) if host else None}
+    if device_loaded is not None:
+        phases["device"] = {"loaded_bytes": device_loaded, "first_token_bytes": above(first_device, device_loaded),
+                            "decode_bytes": above(decode_device, device_loaded),
+                            "source": "NVML per-process reading after each phase (nvidia-smi)"}
+    return phases
 
 
 @dataclass

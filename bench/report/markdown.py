@@ -254,9 +254,13 @@ def _span(values: list[float], unit: str = "x") -> str:
 
 
 def _measured_memory(row: dict) -> int | None:
-    """A model's measured memory: load plus the peak of a generation above it (`memory_phases`);
-    rows from before that was measured fall back to what loading added in the shared process."""
+    """A model's measured memory: load plus the peak of a generation above it (`memory_phases`), on
+    the device where it has memory of its own (CUDA); rows from before that was measured fall back
+    to what loading added in the shared process."""
     phases = row.get("memory_phases") or {}
+    device = phases.get("device") or {}
+    if device.get("loaded_bytes") is not None and device.get("decode_bytes") is not None:
+        return device["loaded_bytes"] + max(device["first_token_bytes"] or 0, device["decode_bytes"])
     if phases.get("load_bytes") and phases.get("decode_bytes") is not None:
         return phases["load_bytes"] + max(phases["first_token_bytes"] or 0, phases["decode_bytes"])
     return row.get("load_rss_delta_bytes")
@@ -293,7 +297,8 @@ def cost_claims(data: ReportData) -> list[str]:
                 f"{_span(flops)} of the decoder-only's (paper: {fewer}% fewer, i.e. {1 - fewer / 100:.2f}x); "
                 f"peak memory (weights, KV cache, largest activation) {_span(memory)} (paper: {least}-{most}% "
                 f"less, {1 - most / 100:.2f}-{1 - least / 100:.2f}x)")
-        text += (f"; measured memory (what loading added, plus the generation's peak above it, each model alone "
+        text += (f"; measured memory (what loading added, on CUDA the process's device memory once loaded, "
+                 f"plus the generation's peak above it, each model alone "
                  f"in a fresh process) {_span(measured)} over {len(measured)} run(s)."
                  if measured else "; no measured memory in these rows.")
         lines.append(text)

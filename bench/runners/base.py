@@ -77,5 +77,15 @@ class Runner(ABC):
     def peak_device_memory(self) -> int | None:
         return None
 
+    def device_memory_in_use(self) -> int | None:
+        """What this process holds on the run device now, where the device has memory of its own:
+        on CUDA, NVML's reading for the process (runners/cuda.py); None on a CPU, whose memory is
+        the process RSS, and on devices that report nothing per process."""
+        if self.device != "cuda":
+            return None
+        from slmbench.runners.cuda import process_device_memory
+
+        return process_device_memory()
+
     def close(self) -> None:  # noqa: B027 - optional hook, most runtimes free on garbage collection
         """Release the runtime's resources."""

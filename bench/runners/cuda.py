@@ -1,7 +1,7 @@
 """CUDA device facts shared by the CUDA runners: presence, and provenance for result rows.
 
 Three independent sources, each recorded under its own key so a row says where a number came
-from: nvidia-smi (GPU name, driver version, memory), the driver API through ctypes (the CUDA
+from: nvidia-smi (GPU name, driver version, memory; a process's device memory), the driver API through ctypes (the CUDA
 version the driver supports), and the runtime's own build (torch's or ONNX Runtime's CUDA
 version). torch is consulted only where the caller already imported it, so the ONNX Runtime
 runner never pays for importing torch or creating a second CUDA context.
@@ -10,17 +10,18 @@ runner never pays for importing torch or creating a second CUDA context.
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import subprocess
 import sys
 
 
-def _smi(query: str) -> list[str]:
+def _smi(query: str, kind: str = "gpu") -> list[str]:
     exe = shutil.which("nvidia-smi")
     if not exe:
         return []
     try:
-        out = subprocess.run([exe, f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+        out = subprocess.run([exe, f"--query-{kind}={query}", "--format=csv,noheader,nounits"],
                              capture_output=True, text=True, timeout=20, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return []
@@ -33,6 +34,23 @@ def cuda_absent_reason() -> str:
         return ""
     return ("no CUDA GPU: nvidia-smi is missing or lists no GPU "
             "(install the NVIDIA driver, or use --device cpu)")
+
+
+def process_device_memory(pid: int | None = None) -> int | None:
+    """The device memory process `pid` (this one by default) holds on every GPU, as NVML reports it
+    through nvidia-smi: its CUDA context, weights, caches and the runtime's allocator pool. None
+    where nvidia-smi lists no such process (no CUDA context yet, or a container hiding host PIDs)."""
+    pid = os.getpid() if pid is None else pid
+    total, seen = 0, False
+    for line in _smi("pid,used_memory", kind="compute-apps"):
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0] == str(pid):
+            try:
+                total += int(float(parts[1])) * 1024 * 1024  # nounits: MiB
+                seen = True
+            except ValueError:
+                continue
+    return total if seen else None
 
 
 def driver_cuda_version() -> str | None:
