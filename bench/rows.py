@@ -71,6 +71,9 @@ FIELDS: dict[str, str] = {
     "environment": "host, CPU, cores, memory, kernel, huge pages, Python, packages, slmbench commit",
     "compared_with": "labels of the other rows of this run",
     "roofline": "the decode's memory-bandwidth ceiling and the fraction of it reached",
+    "compute_roofline": "the first token's compute ceiling (CPU): its FLOPs (encoder + first step, or the prefill; "
+                        "models/cost.py) over the peak FLOP/s of the runtime's own MatMul at the run's threads and "
+                        "compute precision (host/compute.py), and the fraction of it the median TTFT reached",
     "loop": "harness-overhead rows: harness or bare", "overhead_of": "harness-overhead rows: the plain key",
     "sweep": "the sweep that measured this row", "_source": "the file it was read from (set on read, not stored)",
 }

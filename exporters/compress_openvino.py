@@ -7,9 +7,12 @@
   the NPU's preferred scheme (symmetric; asymmetric group int4 aborts its compiler).
 Deriving from the fp32 artifact means every mode (stateful, static, npuw) gets every precision
 through the same code, and the fp32 graph it starts from has already passed the 1e-4 parity check.
+- bf16: a compute precision: the fp32 IR itself (hard-linked), compiled with
+  INFERENCE_PRECISION_HINT=bf16 on a CPU that has it (AVX512-BF16 or AMX).
 The accuracy against fp32 PyTorch is measured on OpenVINO CPU at f32 compute (EXACT_CPU), so it is
-the artifact's error, not the plugin's compute precision (that is recorded per result row); it runs
-through the session the runner passes in for the artifact's mode, as the fp32 parity check does.
+the artifact's error, not the plugin's compute precision (that is recorded per result row), except
+for bf16, measured at bf16 compute: its error is the compute's. It runs through the session the
+runner passes in for the artifact's mode, as the fp32 parity check does.
 """
 
 from __future__ import annotations
@@ -81,25 +84,50 @@ def constant_types(model) -> dict[str, int]:
 def convert_graph(source: Path, target: Path, rec: Recipe) -> dict[str, int]:
     import openvino as ov
 
-    model = compress_model(ov.Core().read_model(str(source)), rec)
-    ov.save_model(model, str(target), compress_to_fp16=rec.precision == "fp16")
+    if compute_precision(rec):  # the fp32 IR itself: linked, not copied
+        for suffix in (".xml", ".bin"):
+            _link_or_copy(source.with_suffix(suffix), target.with_suffix(suffix))
+    else:
+        model = compress_model(ov.Core().read_model(str(source)), rec)
+        ov.save_model(model, str(target), compress_to_fp16=rec.precision == "fp16")
     return constant_types(ov.Core().read_model(str(target)))
 
 
-def _candidate(source: Artifact, out: Path, cfg, session: SessionFactory):
+def _link_or_copy(source: Path, target: Path) -> None:
+    import shutil
+
+    try:
+        target.hardlink_to(source)
+    except OSError:  # another file system
+        shutil.copyfile(source, target)
+
+
+def compute_precision(rec: Recipe) -> str | None:
+    """The compute precision a recipe sets (bf16), None for a storage precision (fp16, int8, int4)."""
+    return rec.options.get("INFERENCE_PRECISION_HINT")
+
+
+def accuracy_config(rec: Recipe) -> dict:
+    """What the accuracy is measured at: f32 compute, so it is the stored weights' error alone;
+    for a compute precision, that precision, whose error it is."""
+    return {**EXACT_CPU, "INFERENCE_PRECISION_HINT": compute_precision(rec) or EXACT_CPU["INFERENCE_PRECISION_HINT"]}
+
+
+def _candidate(source: Artifact, out: Path, cfg, session: SessionFactory, config: dict):
     """Teacher-forced logits of the converted graphs in `out`, through the session the artifact's mode
-    runs with, on CPU at f32."""
+    runs with, on CPU with `config`."""
     def run(prompt, forced):
-        return parity.teacher_forced(exact_session(out, source.manifest, session), cfg, prompt, forced)
+        return parity.teacher_forced(exact_session(out, source.manifest, session, config), cfg, prompt, forced)
 
     return run
 
 
-def accuracy_inputs_for(source: Artifact, cfg):
-    """The standard teacher-forced sequence, cut to what static graphs hold (batch 1, P, R - 1)."""
+def accuracy_inputs_for(source: Artifact, cfg, batch: int | None = None):
+    """The standard teacher-forced sequence (at `batch` where given), cut to what static graphs hold
+    (batch 1, P, R - 1). bf16 is measured at batch 1, the only batch it runs (Stateful.check_request)."""
     static = source.manifest.get("static")
     if not static:
-        return precision.accuracy_inputs(cfg.vocab_size)
+        return precision.accuracy_inputs(cfg.vocab_size, **({"batch": batch} if batch else {}))
     return precision.accuracy_inputs(cfg.vocab_size, batch=STATIC_BATCH,
                                      prompt=min(precision.ACCURACY_PROMPT, static["prompt_len"]),
                                      steps=max(0, min(precision.ACCURACY_STEPS, static["response_len"] - 1)))
@@ -110,9 +138,11 @@ def export_compressed(spec: ModelSpec, out: Path, source: Artifact, rec: Recipe,
     cfg = spec.config
     graphs = source.manifest["graphs"]
     types = {role: convert_graph(source.path / g["file"], out / g["file"], rec) for role, g in graphs.items()}
-    accuracy = precision.measure_accuracy(spec.build(), cfg, _candidate(source, out, cfg, session),
-                                          f"openvino-{source.manifest['variant']['mode']}(CPU, f32)", rec,
-                                          inputs=accuracy_inputs_for(source, cfg), config=EXACT_CPU)
+    config = accuracy_config(rec)
+    runtime = f"openvino-{source.manifest['variant']['mode']}(CPU, {config['INFERENCE_PRECISION_HINT']})"
+    inputs = accuracy_inputs_for(source, cfg, batch=1 if compute_precision(rec) == "bf16" else None)
+    accuracy = precision.measure_accuracy(spec.build(), cfg, _candidate(source, out, cfg, session, config),
+                                          runtime, rec, inputs=inputs, config=config)
     versions = dict(source.manifest.get("versions", {}))
     versions[rec.tool.split(".")[0]] = rec.tool_version
     manifest = {k: v for k, v in source.manifest.items()

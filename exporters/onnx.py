@@ -116,13 +116,14 @@ def _axes(names, axes):
     return {name: axes for name in names}
 
 
-def export_onnx(spec: ModelSpec, out: Path, variant: dict) -> dict:
-    """Export `spec` into `out`, check it with onnx.checker and against PyTorch; return the manifest."""
+def export_onnx(spec: ModelSpec, out: Path, variant: dict, model=None) -> dict:
+    """Export `spec` (or `model`, a module built from it) into `out`, check it with onnx.checker and
+    against PyTorch; return the manifest."""
     import onnx
     import torch
 
     cfg = spec.config
-    model = spec.build()
+    model = spec.build() if model is None else model
     graphs = io_names(cfg)
     decoder_only, encoder, encoder_decoder = _wrappers(model, cfg)
     b, src, past_len = 2, 5, 3

@@ -1,10 +1,12 @@
 """OpenVINO IR export: what every mode's export shares, and the stateful IR.
 
 Modes (an artifact's `variant.mode`, recorded in every result row):
-- `stateful` (CPU, GPU): the ONNX artifact's graphs read into OpenVINO and saved as IR, with the
-  decoder's self-attention KV turned into OpenVINO state (past_* inputs -> present_* outputs), so
-  the cache never crosses the API between steps. The encoder (encoder-decoder) computes the
-  cross-attention K/V once per request; they stay bound to the decoder until the next request.
+- `stateful` (CPU, GPU): the model's graphs, exported with the attention OpenVINO fuses, read into
+  OpenVINO and saved as IR, with the decoder's self-attention KV turned into OpenVINO state
+  (past_* inputs -> present_* outputs), so the cache never crosses the API between steps, and the
+  CPU plugin's stateful attention kernel reads it in place (export_stateful). The encoder
+  (encoder-decoder) computes the cross-attention K/V once per request; they stay bound to the
+  decoder until the next request.
 - `static` and `npuw` (the Intel NPU): graphs built from torch (slmbench.exporters.static).
 
 Every IR is checked against PyTorch logits before it is cached. The session that runs it belongs
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from slmbench.errors import InvalidOption
 from slmbench.exporters import onnx as onnx_exporter
 from slmbench.exporters import parity
 from slmbench.exporters.artifact import Artifact, ArtifactError, code_digest, ensure_artifact
@@ -82,16 +85,36 @@ def read_onnx(path: Path):
     return ov.Core().read_model(str(path))
 
 
-def compile_exact(path: Path):
-    """Compile on CPU with f32 everywhere: what the parity checks run."""
+def compile_exact(path: Path, config: dict | None = None):
+    """Compile on CPU with f32 everywhere (what the parity checks run), or with `config`; the
+    compute precision asked for is read back, so a plugin that silently ran another is refused."""
     import openvino as ov
 
-    return ov.Core().compile_model(str(path), "CPU", dict(EXACT_CPU))
+    config = dict(config or EXACT_CPU)
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    check_compute_precision(compiled, config.get("INFERENCE_PRECISION_HINT"))
+    return compiled
 
 
-def exact_session(folder: Path, manifest: dict, session: SessionFactory):
-    """The IR in `folder` compiled with EXACT_CPU, every graph of `manifest`, in a fresh session."""
-    return session({role: compile_exact(folder / g["file"]) for role, g in manifest["graphs"].items()}, manifest)
+def check_compute_precision(compiled, wanted: str | None) -> None:
+    """Refuse a compiled model whose INFERENCE_PRECISION_HINT is not the one asked for."""
+    if wanted is None:
+        return
+    try:
+        got = compiled.get_property("INFERENCE_PRECISION_HINT")
+    except RuntimeError:  # AUTO does not report it; its device's plugin was given the hint all the same
+        return
+    got = got.get_type_name() if hasattr(got, "get_type_name") else str(got)
+    if got != wanted:
+        raise InvalidOption(f"OpenVINO compiled for {wanted} compute runs {got}: this CPU has no {wanted} "
+                            f"(see OpenVINO's CPU OPTIMIZATION_CAPABILITIES); refusing to report it as {wanted}")
+
+
+def exact_session(folder: Path, manifest: dict, session: SessionFactory, config: dict | None = None):
+    """The IR in `folder` compiled with EXACT_CPU (or `config`), every graph of `manifest`, in a
+    fresh session."""
+    return session({role: compile_exact(folder / g["file"], config) for role, g in manifest["graphs"].items()},
+                   manifest)
 
 
 def check_parity(model, cfg, folder: Path, manifest: dict, session: SessionFactory, runtime: str) -> dict:
@@ -114,7 +137,7 @@ def stateful_graphs(cfg) -> dict:
         "decoder": {
             "file": "decoder.xml",
             "weights": "decoder.bin",
-            "inputs": [n for n in dec["inputs"] if not n.startswith("past_")],
+            "inputs": [n for n in dec["inputs"] if not n.startswith("past_")] + ["beam_idx"],
             "outputs": ["logits", "next_token"],
             "states": {p: p.replace("past_", "present_", 1) for p in kv_names(cfg.decoder_layers, "past")},
         }
@@ -130,35 +153,100 @@ def stateful_graphs(cfg) -> dict:
     return graphs
 
 
+def add_beam_idx(model) -> None:
+    """A `beam_idx` input [batch] (i32) through which every past K/V is gathered along the batch.
+    The CPU plugin fuses ReadValue -> Gather(beam_idx) -> Concat -> ScaledDotProductAttention into
+    one kernel that keeps the cache in its own buffer and reads it in place, and matches only with
+    that Gather. Greedy decoding feeds arange(batch): nothing is reordered."""
+    import numpy as np
+    from openvino import Type
+    from openvino import opset13 as ops
+
+    beam = ops.parameter([-1], Type.i32, name="beam_idx")
+    beam.output(0).get_tensor().set_names({"beam_idx"})
+    axis = ops.constant(np.int64(0))
+    for port in model.inputs:
+        if port.get_any_name().startswith("past_"):
+            consumers = list(port.get_node().output(0).get_target_inputs())
+            gathered = ops.gather(port.get_node(), beam, axis)
+            for consumer in consumers:
+                consumer.replace_source_output(gathered.output(0))
+    model.add_parameters([beam])
+    model.validate_nodes_and_infer_types()
+
+
+def add_state_initializers(model) -> None:
+    """Give every state an initializer: an empty cache [batch, kv_heads, 0, head_dim], batch taken
+    from input_ids. The CPU plugin's fused attention node reads its state's initializer; a state
+    made without one (apply_make_stateful_transformation's) fails its compile."""
+    import numpy as np
+    from openvino import opset13 as ops
+
+    ids = model.input("input_ids")
+    batch = ops.gather(ops.shape_of(ids, output_type="i64"), ops.constant(np.array([0], np.int64)),
+                       ops.constant(np.int64(0)))
+    for op in model.get_ops():
+        if op.get_type_name() != "ReadValue":
+            continue
+        dims = [batch if i == 0 else ops.constant(np.array([d.get_min_length()], np.int64))
+                for i, d in enumerate(op.get_output_partial_shape(0))]
+        empty = ops.broadcast(ops.constant(np.zeros((), np.float32)).output(0), ops.concat(dims, 0))
+        op.set_arguments([empty])
+    model.validate_nodes_and_infer_types()
+
+
+def fused_attention(model) -> int:
+    """How many ScaledDotProductAttention ops the IR has (one per attention block when fused)."""
+    return sum(op.get_type_name() == "ScaledDotProductAttention" for op in model.get_ops())
+
+
 def export_stateful(spec: ModelSpec, out: Path, variant: dict, cache_dir, session: SessionFactory) -> dict:
-    """IR from the ONNX artifact (exported first if needed), decoder made stateful, checked."""
-    from openvino._offline_transformations import apply_make_stateful_transformation
+    """IR from the model exported to ONNX with the attention OpenVINO fuses (a temporary export, not
+    the ONNX artifact: ONNX Runtime runs the grouped form, which copies no K/V per step), the cache
+    gathered through `beam_idx`, the decoder made stateful, then OpenVINO's MOC pipeline, whose
+    SDPAFusion turns each attention into ScaledDotProductAttention (Core.read_model does not, and
+    the CPU plugin no longer runs it when it compiles); checked against PyTorch."""
+    import tempfile
+
+    from openvino._offline_transformations import apply_make_stateful_transformation, apply_moc_transformations
+
+    from slmbench.models.blocks import set_fusable_attention
 
     cfg = spec.config
-    source, _ = onnx_exporter.onnx_artifact(spec, variant["precision"], cache_dir)
-    onnx_graphs = source.manifest["graphs"]
+    model = set_fusable_attention(spec.build())
     graphs = stateful_graphs(cfg)
-    if cfg.is_encoder_decoder:
-        encoder = read_onnx(source.graph_path("encoder"))
-        rename_ports(encoder, onnx_graphs["encoder"]["inputs"], onnx_graphs["encoder"]["outputs"])
-        save_ir(encoder, out / graphs["encoder"]["file"])
-    decoder = read_onnx(source.graph_path("decoder"))
-    rename_ports(decoder, onnx_graphs["decoder"]["inputs"], onnx_graphs["decoder"]["outputs"])
-    apply_make_stateful_transformation(decoder, graphs["decoder"]["states"])
-    rename_ports(decoder, graphs["decoder"]["inputs"], graphs["decoder"]["outputs"])
-    save_ir(decoder, out / graphs["decoder"]["file"])
+    fused = {}
+    with tempfile.TemporaryDirectory(prefix="slmbench-ov-") as tmp:
+        source = onnx_exporter.export_onnx(spec, Path(tmp), {"precision": variant["precision"]}, model=model)
+        onnx_graphs = source["graphs"]
+        if cfg.is_encoder_decoder:
+            encoder = read_onnx(Path(tmp) / onnx_graphs["encoder"]["file"])
+            rename_ports(encoder, onnx_graphs["encoder"]["inputs"], onnx_graphs["encoder"]["outputs"])
+            apply_moc_transformations(encoder, cf=False)
+            rename_ports(encoder, graphs["encoder"]["inputs"], graphs["encoder"]["outputs"])
+            fused["encoder"] = fused_attention(encoder)
+            save_ir(encoder, out / graphs["encoder"]["file"])
+        decoder = read_onnx(Path(tmp) / onnx_graphs["decoder"]["file"])
+        rename_ports(decoder, onnx_graphs["decoder"]["inputs"], onnx_graphs["decoder"]["outputs"])
+        add_beam_idx(decoder)
+        apply_make_stateful_transformation(decoder, graphs["decoder"]["states"])
+        add_state_initializers(decoder)
+        apply_moc_transformations(decoder, cf=False)
+        rename_ports(decoder, graphs["decoder"]["inputs"], graphs["decoder"]["outputs"])
+        fused["decoder"] = fused_attention(decoder)
+        save_ir(decoder, out / graphs["decoder"]["file"])
 
     kv = kv_layout(cfg)
-    result = check_parity(spec.build(), cfg, out, {"graphs": graphs, "kv": kv}, session,
-                          "openvino-stateful(CPU, KV f32)")
+    result = check_parity(model, cfg, out, {"graphs": graphs, "kv": kv}, session, "openvino-stateful(CPU, KV f32)")
     return {
         "graphs": graphs,
         "kv": kv,
         "opset": OPSET,
         "precision": variant["precision"],
-        "exporter": "ONNX artifact -> openvino.Core.read_model -> apply_make_stateful_transformation",
-        "source_artifact": source.key,
-        "versions": {"openvino": ov_version(), **source.manifest["versions"]},
+        "exporter": "torch.onnx.export (fusable attention) -> openvino.Core.read_model -> beam_idx -> "
+                    "apply_make_stateful_transformation -> apply_moc_transformations",
+        "attention": {"fused_sdpa_ops": fused, "onnx_parity": source["parity"]},
+        "versions": {"openvino": ov_version(), **source["versions"]},
         "parity": result,
     }
 

@@ -83,6 +83,7 @@ class Attention(nn.Module):
             self.qkv_proj = nn.Linear(cfg.hidden, inner + 2 * kv_inner, bias=False)
         self.o_proj = nn.Linear(inner, cfg.hidden, bias=False)
         self.scale = cfg.head_dim ** -0.5  # a Python float: a constant in the graph
+        self.fusable = False  # set_fusable_attention(): the 4-D form OpenVINO fuses
 
     def _heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         return x.view(*x.shape[:2], heads, self.head_dim)  # [B, T, H, D], token-major
@@ -97,6 +98,8 @@ class Attention(nn.Module):
 
         Every view keeps the leading dims of its own input: the exporter folds those into
         constant Reshape targets (exporters/fold_shapes.py)."""
+        if self.fusable:
+            return self._attend_fusable(q, k, v, allowed)
         group = self.heads // self.kv_heads
         q = q.view(*q.shape[:2], self.kv_heads, group, self.head_dim).permute(0, 2, 3, 1, 4)  # [B,Hkv,G,T,D]
         scores = torch.matmul(q, k.unsqueeze(2).transpose(-1, -2)) * self.scale  # [B,Hkv,G,T,S]
@@ -104,6 +107,23 @@ class Attention(nn.Module):
         probs = F.softmax(_f32(scores), dim=-1).to(q.dtype)
         out = torch.matmul(probs, v.unsqueeze(2))  # [B,Hkv,G,T,D]
         out = out.permute(0, 3, 1, 2, 4)  # [B,T,Hkv,G,D]
+        return self.o_proj(out.reshape(*out.shape[:2], self.heads * self.head_dim))
+
+    def _attend_fusable(self, q, k, v, allowed):
+        """The same attention in the form OpenVINO fuses into ScaledDotProductAttention, and its CPU
+        plugin, given a stateful cache, into one kernel reading the cache in place: 4-D heads, K/V
+        heads repeated in-graph by Unsqueeze -> Expand (Broadcast) -> Reshape, one scale on the
+        scores and an additive mask (exporters/openvino.py). ONNX Runtime would copy the K/V per
+        step for the repeat, so its graphs keep the grouped form."""
+        group = self.heads // self.kv_heads
+        q = q.transpose(1, 2)  # [B,Hq,T,D]
+        if group > 1:  # sizes from the cache itself: nothing but a ShapeOf may read it besides attention
+            b, _, s, d = k.shape
+            k, v = (x.unsqueeze(2).expand(b, self.kv_heads, group, s, d).reshape(b, self.heads, s, d) for x in (k, v))
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale  # [B,Hq,T,S]
+        mask = torch.where(allowed.squeeze(2), 0.0, torch.finfo(scores.dtype).min).to(scores.dtype)
+        probs = F.softmax(_f32(scores + mask), dim=-1).to(q.dtype)
+        out = torch.matmul(probs, v).transpose(1, 2)  # [B,T,Hq,D]
         return self.o_proj(out.reshape(*out.shape[:2], self.heads * self.head_dim))
 
     def self_attention(self, x, rope, allowed, past_k=None, past_v=None, cache_len=None):
@@ -202,3 +222,11 @@ def causal_allowed(past_len: torch.Tensor | int, new_len: int, attention_mask: t
 def key_allowed(attention_mask: torch.Tensor) -> torch.Tensor:
     """Bool [B,1,1,1,S]: padding keys masked out (encoder self- and decoder cross-attention)."""
     return attention_mask.bool()[:, None, None, None, :]
+
+
+def set_fusable_attention(model: nn.Module, fusable: bool = True) -> nn.Module:
+    """Switch every attention block of `model` to the form OpenVINO fuses (Attention._attend_fusable)."""
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.fusable = fusable
+    return model

@@ -34,16 +34,22 @@ def test_every_shipped_sweep_loads_and_expands():
     for name in shipped:
         configs, _ = load_sweep(name).configurations()
         assert configs, name
+    from click.testing import CliRunner
+
+    from slmbench.cli import cli
+
+    listed = " ".join(CliRunner().invoke(cli, ["sweep", "--help"]).output.split())
+    assert all(name in listed for name in shipped), listed  # the help names every shipped sweep
 
 
-def test_paper_cpu_is_the_paper_pair_on_two_runtimes():
+def test_paper_cpu_is_the_paper_pair_and_the_100m_pair_on_two_runtimes():
     sweep = load_sweep("paper-cpu")
     configs, notes = sweep.configurations()
     assert notes == []
-    assert {c.models for c in configs} == {("mu-330m", "deconly-330m")}
+    assert {c.models for c in configs} == {("mu-330m", "deconly-330m"), ("mu-100m", "deconly-100m")}
     assert sorted({(c.runtime, c.settings.input_len) for c in configs}) == [
         (rt, n) for rt in ("onnxruntime", "openvino") for n in (512, 1024, 2048)
-    ]
+    ] and len(configs) == 12
     assert {c.settings.output_len for c in configs} == {128}
     assert sweep.repetitions.min_reps == 3 and sweep.repetitions.warmup == 1
 

@@ -21,6 +21,7 @@ from slmbench.core.measure import Subject, generate, make_inputs, measure, memor
 from slmbench.errors import DeviceUnavailable
 from slmbench.exporters.artifact import NotCached, cached_only, default_cache_dir
 from slmbench.exporters.precision import row_fields as precision_fields
+from slmbench.host.compute import row_compute_ceiling
 from slmbench.host.contention import MachineBusy, wait_until_quiet
 from slmbench.host.contention import warning as contention_warning
 from slmbench.host.cpus import allowed_cpus
@@ -29,7 +30,7 @@ from slmbench.host.hugepages import back_with_huge_pages
 from slmbench.host.memory import current_rss, peak_rss, reset_peak_rss
 from slmbench.host.roofline import row_roofline
 from slmbench.models import ModelSpec, resolve_model
-from slmbench.models.cost import BYTES_PER_PARAM, mean_decode_bytes
+from slmbench.models.cost import BYTES_PER_PARAM, generation_flops, mean_decode_bytes
 from slmbench.results import append_rows, check_writable
 from slmbench.rows import measured_row
 from slmbench.runners import select_runner
@@ -121,12 +122,15 @@ def result_row(config: RunConfig, subject: Subject, loaded: Loaded, group: str, 
     if (allowed := allowed_cpus()) and config.threads > allowed:
         warnings.append(f"oversubscribed: {config.threads} runtime threads on the {allowed} CPUs this process may "
                         "use; threads wait for each other, so times are not this machine's best")
-    roofline = None
+    roofline = compute = None
+    store = artifact.path.parent if artifact.path else default_cache_dir()
     if config.precision in BYTES_PER_PARAM and not config.loop:  # overhead loops: no ceiling needed
         roofline = row_roofline(mean_decode_bytes(spec.config, config.precision, s.input_len, s.output_len),
-                                config.threads,
-                                artifact.path.parent if artifact.path else default_cache_dir(),
-                                (metrics.get("decode_tps") or {}).get("median"), batch)
+                                config.threads, store, (metrics.get("decode_tps") or {}).get("median"), batch)
+    if config.device == "cpu":
+        flops = generation_flops(spec.config, s.input_len, s.output_len)["first_token_flops"] * batch
+        compute = row_compute_ceiling(flops, config.runtime, load.compute_precision, config.threads, store,
+                                      (metrics.get("ttft_s") or {}).get("median"))
     return measured_row(
         config, group, env,
         family=spec.family.value, parameters=spec.parameters, runtime_version=load.runtime_version,
@@ -145,7 +149,7 @@ def result_row(config: RunConfig, subject: Subject, loaded: Loaded, group: str, 
                   "opset": artifact.manifest.get("opset"),
                   "parity_max_abs_diff": (artifact.manifest["parity"] or {}).get("max_abs_diff"),
                   "weight_bytes": artifact.weight_bytes, "variant": artifact.manifest.get("variant")},
-        roofline=roofline, **fields)
+        roofline=roofline, compute_roofline=compute, **fields)
 
 
 def _labels(configs: Sequence[RunConfig]) -> list[str]:

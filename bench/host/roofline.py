@@ -12,13 +12,11 @@ threads, and a row that decodes faster than it re-measures before it is recorded
 above 1 that survives that is marked in the row and in the report). A model whose bytes per token
 fit a few times in the last-level cache has no DRAM ceiling, and its rows say so instead.
 Readings are taken on a quiet machine (checked), stored per machine identity and thread count
-beside the artifact cache under a lock, and every row says how and when its ceiling was measured.
+beside the artifact cache (host/readings.py), and every row says how and when its ceiling was measured.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -133,45 +131,14 @@ def ceiling_tokens_per_s(bytes_per_token: float, bandwidth: float) -> float:
     return bandwidth / bytes_per_token
 
 
-def _stamp() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
 def host_bandwidth(threads: int, cache_dir: Path | str, refresh: bool = False) -> dict:
     """This machine's read bandwidth at `threads`: the best quiet reading it has given, stored in
-    `bandwidth.json` beside the artifact cache `cache_dir`, keyed by machine identity and threads
-    (under a lock: two sweeps may ask at once). `refresh` measures again and keeps the better of the two; a
-    reading the machine was too busy for is used (if it is the best) but never stored."""
-    from slmbench.host.contention import MachineBusy, wait_until_quiet
-    from slmbench.host.environment import this_machine
+    `bandwidth.json` beside the artifact cache `cache_dir` (host/readings.py); `refresh` measures
+    again and keeps the better of the two."""
+    from slmbench.host.readings import stored_best
 
-    key = f"{this_machine()['id']}|t{threads}"
-    path = Path(cache_dir).parent / "bandwidth.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            known = json.loads(path.read_text())
-        except (OSError, ValueError):
-            known = {}
-        previous = known.get(key)
-        if previous is not None and not refresh:
-            return previous
-        try:
-            wait_until_quiet(max_wait_s=30.0, log=lambda m: None)
-            quiet = True
-        except MachineBusy:
-            quiet = False
-        reading = {**measure_bandwidth(threads, megabytes=512, trials=3), "quiet": quiet,
-                   "machine": this_machine()["name"], "measured": _stamp()}
-        best = reading if previous is None or reading["read_bytes_per_s"] > previous["read_bytes_per_s"] else previous
-        best = {**best, "readings": (previous or {}).get("readings", 1 if previous else 0) + 1,
-                "latest": {"read_bytes_per_s": reading["read_bytes_per_s"], "method": reading["method"],
-                           "measured": reading["measured"], "quiet": quiet}}
-        if quiet:
-            known[key] = best
-            path.write_text(json.dumps(known, indent=1))
-        return best
+    return stored_best("bandwidth.json", f"t{threads}", lambda: measure_bandwidth(threads, megabytes=512, trials=3),
+                       "read_bytes_per_s", cache_dir, refresh)
 
 
 def row_roofline(need: dict, threads: int, cache_dir: Path | str, decode_tps: float | None = None,

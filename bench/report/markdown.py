@@ -176,14 +176,32 @@ def roofline_rows(data: ReportData) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _fraction(value: float, remeasured: bool) -> str:
+def compute_rows(data: ReportData) -> pd.DataFrame:
+    """How close each first token ran to the compute ceiling recorded in its row."""
+    out = []
+    for r, platform in zip(data.rows, data.configs.get("platform", ()), strict=False):
+        roof = r.get("compute_roofline") or {}
+        if roof.get("fraction_of_ceiling") is None:
+            continue
+        out.append({"model": r["model"], "device": platform, "runtime": r["runtime"], "precision": r["precision"],
+                    "compute": roof["compute_precision"], "in/out": f"{r['input_len']}/{r['output_len']}",
+                    "first-token GFLOP": f"{roof['first_token_flops'] / 1e9:.1f}",
+                    "peak": f"{roof['peak_flops_per_s'] / 1e9:.0f} GFLOP/s",
+                    "measured by": roof.get("peak_method") or "-",
+                    "ceiling TTFT": f"{roof['ceiling_ttft_s'] * 1e3:.0f} ms",
+                    "of ceiling": _fraction(roof["fraction_of_ceiling"], roof.get("remeasured", False),
+                                            "the peak reading was below what the first token computed")})
+    return pd.DataFrame(out)
+
+
+def _fraction(value: float, remeasured: bool,
+              why: str = "the bandwidth reading was below what the decode streamed") -> str:
     """A fraction of a ceiling; above 1 the ceiling was not a bound, and the table says so."""
     text = f"{100 * value:.0f}%"
     if value <= 1:
         return text
     again = " even after a re-measure" if remeasured else " as first measured"
-    return f"{text} (above the ceiling{again}: the bandwidth reading was below what the decode streamed, so it " \
-           "is no bound)"
+    return f"{text} (above the ceiling{again}: {why}, so it is no bound)"
 
 
 _PRECISION_ORDER = {"fp32": 0, "bf16": 1, "fp16": 2, "int8": 3, "int4": 4}
@@ -288,8 +306,12 @@ def cost_claims(data: ReportData) -> list[str]:
         ratios = [pair_ratios(generation_cost(a, i, o, width), generation_cost(b, i, o, width)) for i, o in shapes]
         flops = [x["generation_flops"] for x in ratios]
         memory = [x["peak_memory_bytes"] for x in ratios]
-        measured = [loaded[(g, ed)] / loaded[(g, do)] for g in s["group"]
-                    if loaded.get((g, ed)) and loaded.get((g, do))]
+        measured = []  # per machine and runtime: one machine's or runtime's memory never stands for another's
+        for (platform, runtime), p in s.groupby(["platform", "runtime"]):
+            found = [loaded[(g, ed)] / loaded[(g, do)] for g in p["group"]
+                     if loaded.get((g, ed)) and loaded.get((g, do))]
+            if found:
+                measured.append(f"{_span(found)} with {runtime} on {platform} ({len(found)} run(s))")
         fewer, (least, most) = PAPER_FLOPS_REDUCTION_PCT, PAPER_MEMORY_REDUCTION_PCT
         ins, outs = [i for i, _ in shapes], [o for _, o in shapes]
         text = (f"**{ed} vs {do}, {precision}** (computed at {len(shapes)} measured shape(s), input "
@@ -297,9 +319,8 @@ def cost_claims(data: ReportData) -> list[str]:
                 f"{_span(flops)} of the decoder-only's (paper: {fewer}% fewer, i.e. {1 - fewer / 100:.2f}x); "
                 f"peak memory (weights, KV cache, largest activation) {_span(memory)} (paper: {least}-{most}% "
                 f"less, {1 - most / 100:.2f}-{1 - least / 100:.2f}x)")
-        text += (f"; measured memory (what loading added, on CUDA the process's device memory once loaded, "
-                 f"plus the generation's peak above it, each model alone "
-                 f"in a fresh process) {_span(measured)} over {len(measured)} run(s)."
+        text += ("; measured memory (what loading added, on CUDA the process's device memory once loaded, plus "
+                 "the generation's peak above it, each model alone in a fresh process) " + "; ".join(measured) + "."
                  if measured else "; no measured memory in these rows.")
         lines.append(text)
     return lines
@@ -401,6 +422,12 @@ def render_markdown(
         "configuration was measured at 3 or more); a negative fixed part means TTFT grows faster than "
         "linearly (attention) over the range.\n",
         _md_table(prefill_rate_rows(data)),
+        "\n## First token against the compute ceiling\n",
+        "An encoder pass or a prefill is matrix-matrix work: TTFT >= its FLOPs (from the architecture) / the "
+        "peak FLOP/s of the runtime's own MatMul at the run's threads and compute precision, measured on the "
+        "host. A low fraction is time the first token spends outside large matrix products (attention, "
+        "small layers, the runtime's overhead).\n",
+        _md_table(compute_rows(data)),
         "\n## Decode against the memory-bandwidth ceiling\n",
         "Batch-1 decoding reads every weight it uses once per token: tokens/s <= bandwidth / bytes per "
         "token (read bandwidth measured on the host; bytes from the architecture, precision and KV length).\n",

@@ -29,6 +29,7 @@ class LoadInfo:
     runtime_version: str = ""
     options: dict = field(default_factory=dict)  # every setting that affects speed, as applied
     load_s: float | None = None  # wall time of runner.load(), compile included: set by whoever timed it
+    compute_precision: str | None = None  # what the matrix products run in, as the runtime says (CPU: f32, bf16)
 
 
 class Runner(ABC):

@@ -100,7 +100,9 @@ class OnnxRuntimeRunner(Runner):
             info.update(cuda_device_info())
             info.update(ort_cuda_build())
             info["provider_options"] = self.decoder.get_provider_options().get(_PROVIDERS["cuda"], {})
-        return LoadInfo(compile_s=compile_s, device_executed=self.decoder.get_providers()[0],
+        # an fp32 graph computes in f32 on the CPU provider; lower precisions run kernels of their own
+        compute = "f32" if self.device == "cpu" and manifest.get("precision") == "fp32" else None
+        return LoadInfo(compile_s=compile_s, device_executed=self.decoder.get_providers()[0], compute_precision=compute,
                         device_info=info, runtime_version=ort.__version__,
                         options={"intra_op_num_threads": self.threads, "inter_op_num_threads": 1,
                                  "graph_optimization_level": "ORT_ENABLE_ALL", "io_binding": True,

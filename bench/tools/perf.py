@@ -6,6 +6,8 @@ Prints, for a model pair on CPU and each runtime that has a bare loop:
 - roofline: read bandwidth measured on the spot, weight and KV bytes read per decode token, the
   bandwidth ceiling in tokens/s and the measured decode tokens/s as a fraction of it (goal >= 0.8
   for fp32 decoder-only on the faster runtime);
+- compute ceiling: the first token's FLOPs against the peak FLOP/s of the runtime's own MatMul at
+  the run's threads and compute precision (host/compute.py), as a fraction (goal >= 0.7 at 512);
 - export time of the pair from an empty cache (goal < 3 min) and a cache hit (goal < 1 s);
 - peak RSS while generating, against the artifact's weight bytes (goal <= 1.5x), each model in
   its own process so nothing else is counted;
@@ -24,7 +26,8 @@ import click
 
 from slmbench.core.child import in_fresh_process
 
-GOALS = {"overhead": 1.03, "roofline": 0.8, "export_s": 180.0, "cache_hit_s": 1.0, "rss_ratio": 1.5}
+GOALS = {"overhead": 1.03, "roofline": 0.8, "compute": 0.7, "export_s": 180.0, "cache_hit_s": 1.0,
+         "rss_ratio": 1.5}
 
 
 def _export_times(specs, runtimes, cache_dir: Path) -> dict:
@@ -156,18 +159,20 @@ def main(models, runtimes, input_len, output_len, threads, min_reps, out, cache_
                 speed.append({"runtime": runtime, "model": spec.name, "family": spec.family.value,
                               "overhead_ttft": ratio["overhead_ttft"], "overhead_step": ratio["overhead_step"],
                               "ttft_s": harness["metrics"]["ttft_s"]["median"], "decode_tps": tps,
-                              "huge_pages": harness.get("huge_pages"), **roof})
+                              "huge_pages": harness.get("huge_pages"),
+                              "compute": harness.get("compute_roofline"), **roof})
         summary["speed"] = speed
         table = Table(title=f"harness overhead and roofline (input {input_len}, output {output_len}, fp32, "
                             f"batch 1, {threads} threads)", title_justify="left")
-        for col in ("runtime", "model", "TTFT", "TTFT ratio", "step ratio", "bytes/token", "ceiling tok/s",
-                    "decode tok/s", "of ceiling", "huge pages"):
+        for col in ("runtime", "model", "TTFT", "TTFT ratio", "step ratio", "TTFT of compute", "bytes/token",
+                    "ceiling tok/s", "decode tok/s", "of ceiling", "huge pages"):
             table.add_column(col, justify="left" if col in ("runtime", "model") else "right")
         for s in speed:
             ok = lambda v, goal, below=True: f"[{'green' if (v <= goal if below else v >= goal) else 'red'}]"
             table.add_row(s["runtime"], s["model"], f"{s['ttft_s'] * 1e3:.0f} ms",
                           ok(s["overhead_ttft"], GOALS["overhead"]) + f"{s['overhead_ttft']:.3f}x",
                           ok(s["overhead_step"], GOALS["overhead"]) + f"{s['overhead_step']:.3f}x",
+                          _compute(s["compute"]),
                           f"{s['bytes_per_token'] / 1e6:.0f} MB", _or_bound(s, f"{s['ceiling_tokens_per_s'] or 0:.1f}"),
                           f"{s['decode_tps']:.1f}", _or_bound(s, f"{100 * (s['fraction_of_ceiling'] or 0):.0f}%"),
                           _huge(s["huge_pages"]))
@@ -191,6 +196,15 @@ def main(models, runtimes, input_len, output_len, threads, min_reps, out, cache_
     with open(out, "a") as f:
         f.write(json.dumps(summary, sort_keys=True) + "\n")
     console.print(f"perf summary appended to {out}")
+
+
+def _compute(roof: dict | None) -> str:
+    """The first token's fraction of the compute ceiling, or why it has none."""
+    if not roof or roof.get("fraction_of_ceiling") is None:
+        return (roof or {}).get("bound", "-").split(":")[0]
+    colour = "green" if roof["fraction_of_ceiling"] >= GOALS["compute"] else "red"
+    return (f"[{colour}]{100 * roof['fraction_of_ceiling']:.0f}%[/{colour}] of "
+            f"{roof['peak_flops_per_s'] / 1e9:.0f} GFLOP/s {roof['compute_precision']}")
 
 
 if __name__ == "__main__":

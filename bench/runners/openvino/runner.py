@@ -6,9 +6,10 @@ runner reads `EXECUTION_DEVICES` and refuses anything but the requested device (
 when the option `ov_device` asks for it, e.g. "AUTO:NPU,CPU", and is then held to the same rule).
 Speed-relevant settings are set explicitly and recorded: PERFORMANCE_HINT=LATENCY,
 INFERENCE_NUM_THREADS, INFERENCE_PRECISION_HINT=f32 for fp32 (the CPU plugin would pick bf16 on
-AMX machines), KV_CACHE_PRECISION (default f32; the CPU plugin would pick u8). Compile time is
-recorded per graph; with `ov_cache_dir` (CACHE_DIR) a warm compile loads the cached blob, and
-whether it did (LOADED_FROM_CACHE) is recorded.
+AMX and AVX512-BF16 machines) and bf16 for bf16, read back after compiling, KV_CACHE_PRECISION
+(default f32; the CPU plugin would pick u8). Compile time is recorded per graph; with
+`ov_cache_dir` (CACHE_DIR) a warm compile loads the cached blob, and whether it did
+(LOADED_FROM_CACHE) is recorded.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from slmbench.errors import DeviceUnavailable, InvalidOption
+from slmbench.exporters.openvino import check_compute_precision
 from slmbench.host.cpus import default_threads
 from slmbench.runners.base import Availability, LoadInfo, Runner
 from slmbench.runners.openvino.modes import MODES, OPTIONS, default_mode, mode_for
@@ -137,6 +139,19 @@ def device_facts(core, plugin: str) -> dict:
     return facts
 
 
+def check_bf16(plugin: str) -> None:
+    """bf16 compute is the CPU plugin's, on a CPU with AVX512-BF16 or AMX; refuse it elsewhere."""
+    if plugin != "CPU":
+        raise InvalidOption(f"bf16 compute is OpenVINO CPU's; the {plugin} plugin computes in f16 or f32 "
+                            "(use --precision fp16)")
+    import openvino as ov
+
+    capabilities = [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+    if "BF16" not in capabilities:
+        raise InvalidOption(f"this CPU has no bf16 compute (OpenVINO CPU capabilities: {', '.join(capabilities)}); "
+                            "bf16 needs AVX512-BF16 or AMX")
+
+
 class OpenVinoRunner(Runner):
     runtime = "openvino"
     devices = ("cpu", "gpu", "npu")
@@ -166,6 +181,8 @@ class OpenVinoRunner(Runner):
         return _availability(device)
 
     def prepare(self, spec, precision, cache_dir=None, force=False):
+        if precision == "bf16":
+            check_bf16(self.plugin)
         return self.mode.prepare(spec, precision, cache_dir, force)
 
     def _compile(self, core, path: Path, target: str, config: dict):
@@ -208,6 +225,7 @@ class OpenVinoRunner(Runner):
                 ) from None
             executed[role] = executed_devices(compiled[role])
             check_executed(executed[role], self.plugin, target)
+            check_compute_precision(compiled[role], config.get("INFERENCE_PRECISION_HINT"))
         self.session = self.mode.session(compiled, manifest)
         applied = self._applied(compiled["decoder"], config)
         options = {
@@ -225,6 +243,7 @@ class OpenVinoRunner(Runner):
         info = device_facts(core, self.plugin)
         info["execution_devices"] = executed
         return LoadInfo(
+            compute_precision=applied.get("INFERENCE_PRECISION_HINT") if self.plugin == "CPU" else None,
             compile_s=sum(compile_s.values()),
             device_executed=self.plugin,
             device_info=info,

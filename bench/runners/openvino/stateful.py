@@ -55,6 +55,8 @@ class StatefulSession:
         self._step_bound = False
         self._fed: set[str] = set()
         self._checked = False
+        if "beam_idx" in self.inputs:  # the cache's batch order (exporters/openvino.add_beam_idx): unchanged
+            self._set("beam_idx", self._ov.Tensor(np.arange(batch, dtype=np.int32)))
 
     def encode(self, input_ids: np.ndarray) -> None:
         ov, enc = self._ov, self.encoder
