@@ -56,7 +56,7 @@ sweep_and_report = $(BIN)/slmbench sweep $(1) --results results/$(1)/results.jso
 sweep-quick: install  ## tiny pair on CPU (well under a minute): results/quick/
 	$(call sweep_and_report,quick)
 
-sweep-cpu: install  ## the paper's 330M pair on this CPU, ONNX Runtime + OpenVINO (~13 min on 2 cores): results/paper-cpu/
+sweep-cpu: install  ## the paper's 330M pair and the 100M pair on this CPU, ONNX Runtime + OpenVINO (~15 min on 2 cores): results/paper-cpu/
 	$(call sweep_and_report,paper-cpu)
 
 sweep-crossover: install  ## tiny + 100M pairs over input 64-2048 x output 16-512 on CPU (the crossover figure): results/crossover/
@@ -82,7 +82,7 @@ report: install  ## one report over every measurement under results/ (all hosts 
 lint: install  ## ruff
 	$(BIN)/ruff check bench models exporters tests
 
-perf: install  ## harness overhead, roofline, export time and memory of the 330M pair on CPU (~8 min)
+perf: install  ## harness overhead, compute and bandwidth ceilings, export time and memory of the 330M pair on CPU (~8 min)
 	$(BIN)/python -m slmbench.tools.perf --model mu-330m --model deconly-330m --runtime onnxruntime --runtime openvino
 
 clean:  ## remove the virtualenv and caches (not results, not the artifact cache)
