@@ -5,10 +5,10 @@
 - int8: `nncf.compress_weights(INT8_SYM)`: symmetric per-channel int8 weights, data-free.
 - int4: `nncf.compress_weights(INT4_SYM, group_size=group_size_for(cfg), ratio=1, backup INT8_SYM)`:
   the NPU's preferred scheme (symmetric; asymmetric group int4 aborts its compiler).
-Deriving from the fp32 artifact means every mode (stateful, static, npuw) gets every precision
-through the same code, and the fp32 graph it starts from has already passed the 1e-4 parity check.
 - bf16: a compute precision: the fp32 IR itself (hard-linked), compiled with
   INFERENCE_PRECISION_HINT=bf16 on a CPU that has it (AVX512-BF16 or AMX).
+Deriving from the fp32 artifact means every mode (stateful, static, npuw) gets every precision
+through the same code, and the fp32 graph it starts from has already passed the 1e-4 parity check.
 The accuracy against fp32 PyTorch is measured on OpenVINO CPU at f32 compute (EXACT_CPU), so it is
 the artifact's error, not the plugin's compute precision (that is recorded per result row), except
 for bf16, measured at bf16 compute: its error is the compute's. It runs through the session the

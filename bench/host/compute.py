@@ -15,22 +15,18 @@ MatMulNBits, fp16 on a CPU) have other peaks, not measured: their rows say so.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
+
+from slmbench.host.roofline import best_seconds
 
 SHAPES = ((512, 1024, 4096), (512, 4096, 1024), (2048, 2048, 2048))  # rows x inner x columns
 
 
 def _best_seconds(work, trials: int) -> float:
     work()  # first run: prepacking, kernel selection
-    best = float("inf")
-    for _ in range(trials):
-        started = time.perf_counter()
-        work()
-        best = min(best, time.perf_counter() - started)
-    return best
+    return best_seconds(work, trials)
 
 
 def _weights(k: int, n: int) -> np.ndarray:

@@ -40,7 +40,8 @@ def last_level_cache_bytes() -> int | None:
     return max(sizes) if sizes else None
 
 
-def _best(work, trials: int) -> float:
+def best_seconds(work, trials: int) -> float:
+    """The shortest of `trials` timed calls of `work` (a peak's reading: the least disturbed call)."""
     best = float("inf")
     for _ in range(trials):
         started = time.perf_counter()
@@ -53,8 +54,8 @@ def _numpy_kernels(src: np.ndarray, threads: int, trials: int) -> dict[str, floa
     dst = np.empty_like(src)
     bounds = [(c[0], c[-1] + 1) for c in np.array_split(np.arange(src.size), threads)]
     with ThreadPoolExecutor(threads) as pool:  # numpy releases the GIL in both
-        read = _best(lambda: list(pool.map(lambda b: float(src[b[0]:b[1]].sum()), bounds)), trials)
-        copy = _best(lambda: list(pool.map(lambda b: np.copyto(dst[b[0]:b[1]], src[b[0]:b[1]]), bounds)), trials)
+        read = best_seconds(lambda: list(pool.map(lambda b: float(src[b[0]:b[1]].sum()), bounds)), trials)
+        copy = best_seconds(lambda: list(pool.map(lambda b: np.copyto(dst[b[0]:b[1]], src[b[0]:b[1]]), bounds)), trials)
     return {"numpy_sum": src.nbytes / read, "numpy_copy": 2 * src.nbytes / copy}
 
 
@@ -90,7 +91,7 @@ def _ort_chain(weights: list[np.ndarray], threads: int, trials: int) -> float | 
     del model, graph
     feed = {"x": np.ones((1, weights[0].shape[0]), np.float32)}
     session.run(None, feed)
-    return sum(w.nbytes for w in weights) / _best(lambda: session.run(None, feed), trials)
+    return sum(w.nbytes for w in weights) / best_seconds(lambda: session.run(None, feed), trials)
 
 
 def _openvino_chain(weights: list[np.ndarray], threads: int, trials: int) -> float | None:
@@ -108,7 +109,7 @@ def _openvino_chain(weights: list[np.ndarray], threads: int, trials: int) -> flo
         "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1})
     request, feed = compiled.create_infer_request(), {0: np.ones((1, weights[0].shape[0]), np.float32)}
     request.infer(feed)
-    return sum(w.nbytes for w in weights) / _best(lambda: request.infer(feed), trials)
+    return sum(w.nbytes for w in weights) / best_seconds(lambda: request.infer(feed), trials)
 
 
 def measure_bandwidth(threads: int = 2, megabytes: int = 512, trials: int = 5) -> dict:

@@ -159,39 +159,35 @@ def prefill_rate_rows(data: ReportData) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def roofline_rows(data: ReportData) -> pd.DataFrame:
-    """How close each decode ran to the memory-bandwidth ceiling recorded in its row."""
+def _ceiling_rows(data: ReportData, field: str, cells) -> pd.DataFrame:
+    """One line per row whose `field` (a ceiling) has a fraction: the row's identity, then `cells(roof)`."""
     out = []
     for r, platform in zip(data.rows, data.configs.get("platform", ()), strict=False):
-        roof = r.get("roofline") or {}
-        if roof.get("fraction_of_ceiling") is None:
-            continue
-        out.append({"model": r["model"], "device": platform, "runtime": r["runtime"], "precision": r["precision"],
-                    "mode": r.get("mode") or "-", "in/out": f"{r['input_len']}/{r['output_len']}",
-                    "bytes/token": f"{roof['bytes_per_token'] / 1e6:.0f} MB",
-                    "bandwidth": f"{roof['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
-                    "measured by": roof.get("bandwidth_method") or "numpy_sum",
-                    "ceiling tok/s": f"{roof['ceiling_tokens_per_s']:.1f}",
-                    "of ceiling": _fraction(roof["fraction_of_ceiling"], roof.get("remeasured", False))})
+        roof = r.get(field) or {}
+        if roof.get("fraction_of_ceiling") is not None:
+            out.append({"model": r["model"], "device": platform, "runtime": r["runtime"], "precision": r["precision"],
+                        "mode": r.get("mode") or "-", "in/out": f"{r['input_len']}/{r['output_len']}", **cells(roof)})
     return pd.DataFrame(out)
+
+
+def roofline_rows(data: ReportData) -> pd.DataFrame:
+    """How close each decode ran to the memory-bandwidth ceiling recorded in its row."""
+    return _ceiling_rows(data, "roofline", lambda roof: {
+        "bytes/token": f"{roof['bytes_per_token'] / 1e6:.0f} MB",
+        "bandwidth": f"{roof['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
+        "measured by": roof.get("bandwidth_method") or "numpy_sum",
+        "ceiling tok/s": f"{roof['ceiling_tokens_per_s']:.1f}",
+        "of ceiling": _fraction(roof["fraction_of_ceiling"], roof.get("remeasured", False))})
 
 
 def compute_rows(data: ReportData) -> pd.DataFrame:
     """How close each first token ran to the compute ceiling recorded in its row."""
-    out = []
-    for r, platform in zip(data.rows, data.configs.get("platform", ()), strict=False):
-        roof = r.get("compute_roofline") or {}
-        if roof.get("fraction_of_ceiling") is None:
-            continue
-        out.append({"model": r["model"], "device": platform, "runtime": r["runtime"], "precision": r["precision"],
-                    "compute": roof["compute_precision"], "in/out": f"{r['input_len']}/{r['output_len']}",
-                    "first-token GFLOP": f"{roof['first_token_flops'] / 1e9:.1f}",
-                    "peak": f"{roof['peak_flops_per_s'] / 1e9:.0f} GFLOP/s",
-                    "measured by": roof.get("peak_method") or "-",
-                    "ceiling TTFT": f"{roof['ceiling_ttft_s'] * 1e3:.0f} ms",
-                    "of ceiling": _fraction(roof["fraction_of_ceiling"], roof.get("remeasured", False),
-                                            "the peak reading was below what the first token computed")})
-    return pd.DataFrame(out)
+    return _ceiling_rows(data, "compute_roofline", lambda roof: {
+        "compute": roof["compute_precision"], "first-token GFLOP": f"{roof['first_token_flops'] / 1e9:.1f}",
+        "peak": f"{roof['peak_flops_per_s'] / 1e9:.0f} GFLOP/s", "measured by": roof.get("peak_method") or "-",
+        "ceiling TTFT": f"{roof['ceiling_ttft_s'] * 1e3:.0f} ms",
+        "of ceiling": _fraction(roof["fraction_of_ceiling"], roof.get("remeasured", False),
+                                "the peak reading was below what the first token computed")})
 
 
 def _fraction(value: float, remeasured: bool,

@@ -1,0 +1,27 @@
+"""The optimum side-by-side script (bench/tools/peers.py): its parts that need no optimum."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from slmbench.tools import peers
+
+
+def test_the_streamer_stamps_generated_tokens_not_the_prompt():
+    stamps = peers._Stamps()
+    stamps.put("the prompt ids")  # generate() hands the prompt over first
+    assert stamps.stamps == []
+    for token in range(3):
+        stamps.put(token)
+    assert len(stamps.stamps) == 3 and stamps.stamps == sorted(stamps.stamps)
+
+
+def test_every_runtime_is_compared_at_f32_on_both_sides():
+    assert all(("fp32", "f32") in configs for configs in peers.CONFIGS.values())
+    assert ("bf16", "default") in peers.CONFIGS["openvino"]  # slmbench bf16 against optimum as it comes
+
+
+def test_the_script_lists_its_commands():
+    result = CliRunner().invoke(peers.main, ["--help"])
+    assert result.exit_code == 0
+    assert all(name in result.output for name in ("checkpoint", "optimum", "compare"))
