@@ -186,7 +186,13 @@ def plan(models: Iterable[str], device: str = "cpu", runtimes: Sequence[str | No
             if v in seen:
                 raise InvalidOption(f"{what} {v} is given twice; name each once")
             seen.add(v)
-    return [RunConfig.create(m, device, r, precision, settings, threads, options) for r in runtimes for m in models]
+    configs = [RunConfig.create(m, device, r, precision, settings, threads, options) for r in runtimes for m in models]
+    from slmbench.runners import precision_unsupported
+
+    for runtime in dict.fromkeys(c.runtime for c in configs):  # refused before anything is prepared
+        if why := precision_unsupported(runtime, precision):
+            raise InvalidOption(why)
+    return configs
 
 
 def peer_key(key: str) -> str:

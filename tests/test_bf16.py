@@ -78,5 +78,5 @@ def test_bf16_on_onnxruntime_is_one_line_and_exit_2(tmp_path):
     result = CliRunner().invoke(cli, ["run", "-m", "deconly-tiny", "--runtime", "onnxruntime", "-p", "bf16",
                                       "--results", str(tmp_path / "r.jsonl")])
     assert result.exit_code == 2, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "bf16" in errors[0] and "Traceback" not in result.output
+    assert result.output.startswith("error:") and "bf16" in result.output  # refused before preparing anything
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output

@@ -134,7 +134,7 @@ def test_unsupported_precision_is_one_line_listing_what_is(cache_dir):
                                       "-o", "4", "--cache-dir", str(cache_dir), "--results",
                                       str(cache_dir / "never.jsonl")])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    expected = "error: openvino does not support precision 'int3'; supported: fp32, fp16, int8, int4"
+    expected = "error: openvino does not support precision 'int3'; supported: fp32, fp16, int8, int4, bf16"
     assert expected in result.output
 
 
@@ -176,9 +176,9 @@ output_lens = [4]
     configs, notes = expand(load_sweep(str(path)))
     pairs = sorted((c.runtime, c.precision) for c in configs)
     assert pairs == [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("torch", "fp32")]
-    assert any("torch does not support precision int8" in n for n in notes)
+    assert any("torch does not support precision 'int8'" in n for n in notes)
     path.write_text(text.format(runtimes='["torch"]', precisions='["int4"]'))
-    with pytest.raises(SweepFileError, match="torch does not support precision int4"):
+    with pytest.raises(SweepFileError, match="torch does not support precision 'int4'"):
         expand(load_sweep(str(path)))
 
 

@@ -86,7 +86,7 @@ def precision_unsupported(runtime: str, precision_name: str) -> str:
     offered = runtime_precisions(runtime)
     if offered is None or precision_name in offered:
         return ""
-    return f"{runtime} does not support precision {precision_name} (supported: {', '.join(offered)})"
+    return f"{runtime} does not support precision {precision_name!r}; supported: {', '.join(offered)}"
 
 
 __all__ = ["Availability", "DEVICES", "LoadInfo", "RUNNERS", "Runner", "device_table", "precision_unsupported",
