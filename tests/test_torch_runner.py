@@ -174,7 +174,7 @@ def test_cli_runs_the_torch_runner(tmp_path):
     assert "TTFT reduction" in result.output
     bad = CliRunner().invoke(cli, ["run", "-r", "torch", "-p", "int4", "-m", "mu-tiny",
                                    "--results", str(tmp_path / "r.jsonl")])
-    assert bad.exit_code == 2 and "torch precision 'int4' is not supported" in bad.output
+    assert bad.exit_code == 2 and "torch does not support precision 'int4'; supported: fp32, fp16, bf16" in bad.output
 
 
 def test_the_registry_does_not_import_torch():
