@@ -19,52 +19,27 @@ from pathlib import Path
 
 import numpy as np
 
-from slmbench.host.roofline import best_seconds
+from slmbench.host.roofline import openvino_chain_seconds, ort_chain_seconds
 
 SHAPES = ((512, 1024, 4096), (512, 4096, 1024), (2048, 2048, 2048))  # rows x inner x columns
-
-
-def _best_seconds(work, trials: int) -> float:
-    work()  # first run: prepacking, kernel selection
-    return best_seconds(work, trials)
 
 
 def _weights(k: int, n: int) -> np.ndarray:
     return np.random.default_rng(0).standard_normal((k, n), np.float32) * 0.03
 
 
-def _onnxruntime(m: int, k: int, n: int, compute: str, threads: int, trials: int) -> float | None:
-    if compute != "f32":
-        return None
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+def _flops_per_s(m: int, k: int, n: int, seconds: float | None) -> float | None:
+    return None if seconds is None else 2 * m * k * n / seconds
 
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "matmul",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
-                              initializer=[numpy_helper.from_array(_weights(k, n), "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = min(model.ir_version, 9)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    feed = {"x": np.ones((m, k), np.float32)}
-    return 2 * m * k * n / _best_seconds(lambda: session.run(None, feed), trials)
+
+def _onnxruntime(m: int, k: int, n: int, compute: str, threads: int, trials: int) -> float | None:
+    if compute != "f32":  # the CPU provider's MatMul computes in the graph's f32
+        return None
+    return _flops_per_s(m, k, n, ort_chain_seconds([_weights(k, n)], threads, trials, rows=m))
 
 
 def _openvino(m: int, k: int, n: int, compute: str, threads: int, trials: int) -> float | None:
-    import openvino as ov
-    from openvino import opset13 as ops
-
-    x = ops.parameter([m, k], np.float32)
-    compiled = ov.Core().compile_model(ov.Model([ops.matmul(x, ops.constant(_weights(k, n)), False, False)], [x]),
-                                       "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
-                                               "INFERENCE_PRECISION_HINT": compute})
-    got = compiled.get_property("INFERENCE_PRECISION_HINT")
-    if (got.get_type_name() if hasattr(got, "get_type_name") else str(got)) != compute:
-        return None  # the plugin would not compute so here: no peak to state
-    request, feed = compiled.create_infer_request(), {0: np.ones((m, k), np.float32)}
-    return 2 * m * k * n / _best_seconds(lambda: request.infer(feed), trials)
+    return _flops_per_s(m, k, n, openvino_chain_seconds([_weights(k, n)], threads, trials, rows=m, compute=compute))
 
 
 KERNELS = {"onnxruntime": _onnxruntime, "openvino": _openvino}

@@ -69,9 +69,10 @@ def _layers(total_bytes: int) -> list[np.ndarray]:
     return [rng.standard_normal((h, f) if i % 2 == 0 else (f, h), np.float32) * 0.03 for i in range(count)]
 
 
-def _ort_chain(weights: list[np.ndarray], threads: int, trials: int) -> float | None:
-    """Read bytes/s of ONNX Runtime multiplying a [1, K] vector through constant matrices in turn
-    (the decode's own kernel, weights prepacked as the model's are). None without onnxruntime."""
+def ort_chain_seconds(weights: list[np.ndarray], threads: int, trials: int, rows: int = 1) -> float | None:
+    """Best seconds of ONNX Runtime multiplying a [rows, K] input through constant matrices in turn
+    (the model's own kernel, weights prepacked as the model's are; one untimed run first). None
+    without onnxruntime."""
     try:
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
@@ -80,8 +81,8 @@ def _ort_chain(weights: list[np.ndarray], threads: int, trials: int) -> float | 
     names = [f"w{i}" for i in range(len(weights))]
     nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"y{i - 1}", w], [f"y{i}"]) for i, w in enumerate(names)]
     graph = helper.make_graph(
-        nodes, "matvec", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, weights[0].shape[0]])],
-        [helper.make_tensor_value_info(f"y{len(weights) - 1}", TensorProto.FLOAT, [1, weights[-1].shape[1]])],
+        nodes, "matmuls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, weights[0].shape[0]])],
+        [helper.make_tensor_value_info(f"y{len(weights) - 1}", TensorProto.FLOAT, [rows, weights[-1].shape[1]])],
         initializer=[numpy_helper.from_array(w, n) for w, n in zip(weights, names, strict=True)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = min(model.ir_version, 9)
@@ -89,38 +90,48 @@ def _ort_chain(weights: list[np.ndarray], threads: int, trials: int) -> float | 
     opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     del model, graph
-    feed = {"x": np.ones((1, weights[0].shape[0]), np.float32)}
+    feed = {"x": np.ones((rows, weights[0].shape[0]), np.float32)}
     session.run(None, feed)
-    return sum(w.nbytes for w in weights) / best_seconds(lambda: session.run(None, feed), trials)
+    return best_seconds(lambda: session.run(None, feed), trials)
 
 
-def _openvino_chain(weights: list[np.ndarray], threads: int, trials: int) -> float | None:
-    """The same chain compiled by OpenVINO's CPU plugin at f32. None without openvino."""
+def openvino_chain_seconds(weights: list[np.ndarray], threads: int, trials: int, rows: int = 1,
+                           compute: str = "f32") -> float | None:
+    """The same chain compiled by OpenVINO's CPU plugin at `compute` (INFERENCE_PRECISION_HINT).
+    None without openvino, or where the plugin would not compute in `compute` here."""
     try:
         import openvino as ov
         from openvino import opset13 as ops
     except ImportError:
         return None
-    x = ops.parameter([1, weights[0].shape[0]], np.float32)
+    x = ops.parameter([rows, weights[0].shape[0]], np.float32)
     y = x
     for w in weights:
         y = ops.matmul(y, ops.constant(w), False, False)
     compiled = ov.Core().compile_model(ov.Model([y], [x]), "CPU", {
-        "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1})
-    request, feed = compiled.create_infer_request(), {0: np.ones((1, weights[0].shape[0]), np.float32)}
+        "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": compute, "NUM_STREAMS": 1})
+    got = compiled.get_property("INFERENCE_PRECISION_HINT")
+    if (got.get_type_name() if hasattr(got, "get_type_name") else str(got)) != compute:
+        return None
+    request, feed = compiled.create_infer_request(), {0: np.ones((rows, weights[0].shape[0]), np.float32)}
     request.infer(feed)
-    return sum(w.nbytes for w in weights) / best_seconds(lambda: request.infer(feed), trials)
+    return best_seconds(lambda: request.infer(feed), trials)
+
+
+def _bytes_per_s(weights: list[np.ndarray], seconds: float | None) -> float | None:
+    return None if seconds is None else sum(w.nbytes for w in weights) / seconds
 
 
 def measure_bandwidth(threads: int = 2, megabytes: int = 512, trials: int = 5) -> dict:
     """Read bandwidth in bytes/s: the best kernel's best of `trials`, with every kernel's figure."""
     src = np.ones(megabytes * (1 << 20) // 4, np.float32)
     kernels = _numpy_kernels(src, threads, trials)
-    found = {"onnxruntime_matvec": _ort_chain([src.reshape(-1, 16384)], threads, trials)}
-    del src
+    matrix = [src.reshape(-1, 16384)]
+    found = {"onnxruntime_matvec": _bytes_per_s(matrix, ort_chain_seconds(matrix, threads, trials))}
+    del src, matrix
     layers = _layers(megabytes << 20)
-    found["onnxruntime_layers"] = _ort_chain(layers, threads, trials)
-    found["openvino_layers"] = _openvino_chain(layers, threads, trials)
+    found["onnxruntime_layers"] = _bytes_per_s(layers, ort_chain_seconds(layers, threads, trials))
+    found["openvino_layers"] = _bytes_per_s(layers, openvino_chain_seconds(layers, threads, trials))
     kernels.update({k: v for k, v in found.items() if v is not None})
     reads = {k: v for k, v in kernels.items() if k != "numpy_copy"}
     best = max(reads, key=reads.get)

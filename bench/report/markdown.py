@@ -273,10 +273,11 @@ def _measured_memory(row: dict) -> int | None:
     to what loading added in the shared process."""
     phases = row.get("memory_phases") or {}
     device = phases.get("device") or {}
+    peak = lambda p: max(p["first_token_bytes"] or 0, p["decode_bytes"])  # the generation's, above the load
     if device.get("loaded_bytes") is not None and device.get("decode_bytes") is not None:
-        return device["loaded_bytes"] + max(device["first_token_bytes"] or 0, device["decode_bytes"])
+        return device["loaded_bytes"] + peak(device)
     if phases.get("load_bytes") and phases.get("decode_bytes") is not None:
-        return phases["load_bytes"] + max(phases["first_token_bytes"] or 0, phases["decode_bytes"])
+        return phases["load_bytes"] + peak(phases)
     return row.get("load_rss_delta_bytes")
 
 
