@@ -153,25 +153,25 @@ def stateful_graphs(cfg) -> dict:
     return graphs
 
 
-def add_beam_idx(model) -> None:
-    """A `beam_idx` input [batch] (i32) through which every past K/V is gathered along the batch.
-    The CPU plugin fuses ReadValue -> Gather(beam_idx) -> Concat -> ScaledDotProductAttention into
-    one kernel that keeps the cache in its own buffer and reads it in place, and matches only with
-    that Gather. Greedy decoding feeds arange(batch): nothing is reordered."""
-    import numpy as np
-    from openvino import Type
+def add_beam_idx(model, past_names: list[str]) -> None:
+    """A `beam_idx` input [batch] (i32) through which every past K/V is gathered along the batch, as
+    optimum-intel's stateful models have it. The NPU plugin's stateful-to-stateless pass requires
+    it, and the CPU plugin fuses ReadValue -> Gather(beam_idx) -> Concat -> ScaledDotProductAttention
+    into one kernel that keeps the cache in its own buffer only with that Gather. Greedy decoding
+    feeds arange(batch): nothing is reordered."""
+    import openvino as ov
     from openvino import opset13 as ops
 
-    beam = ops.parameter([-1], Type.i32, name="beam_idx")
-    beam.output(0).get_tensor().set_names({"beam_idx"})
-    axis = ops.constant(np.int64(0))
-    for port in model.inputs:
-        if port.get_any_name().startswith("past_"):
-            consumers = list(port.get_node().output(0).get_target_inputs())
-            gathered = ops.gather(port.get_node(), beam, axis)
-            for consumer in consumers:
-                consumer.replace_source_output(gathered.output(0))
-    model.add_parameters([beam])
+    batch = model.input("input_ids").get_partial_shape()[0]
+    beam_idx = ops.parameter(ov.PartialShape([batch]), ov.Type.i32, name="beam_idx")
+    beam_idx.output(0).get_tensor().set_names({"beam_idx"})
+    model.add_parameters([beam_idx])
+    for name in past_names:
+        port = model.input(name)
+        consumers = port.get_target_inputs()
+        gather = ops.gather(port, beam_idx, ops.constant(0))
+        for consumer in consumers:
+            consumer.replace_source_output(gather.output(0))
     model.validate_nodes_and_infer_types()
 
 
@@ -200,6 +200,32 @@ def fused_attention(model) -> int:
     return sum(op.get_type_name() == "ScaledDotProductAttention" for op in model.get_ops())
 
 
+def make_stateful(decoder, states: dict) -> None:
+    """The decoder's KV cache as OpenVINO state, in the form the CPU plugin's fused attention takes:
+    the cache gathered through beam_idx, past/present made states, each state an initializer."""
+    from openvino._offline_transformations import apply_make_stateful_transformation
+
+    add_beam_idx(decoder, list(states))
+    apply_make_stateful_transformation(decoder, states)
+    add_state_initializers(decoder)
+
+
+def _moc_ir(folder: Path, onnx_graph: dict, graph: dict, out: Path, before_moc=None) -> int:
+    """One ONNX graph in `folder` as IR in `out`: its ports named as the export names them,
+    `before_moc` applied (the decoder made stateful), OpenVINO's MOC pipeline (which creates the
+    fused attention), then named as the IR's manifest says. Returns its fused attention count."""
+    from openvino._offline_transformations import apply_moc_transformations
+
+    ir = read_onnx(folder / onnx_graph["file"])
+    rename_ports(ir, onnx_graph["inputs"], onnx_graph["outputs"])
+    if before_moc:
+        before_moc(ir)
+    apply_moc_transformations(ir, cf=False)
+    rename_ports(ir, graph["inputs"], graph["outputs"])
+    save_ir(ir, out / graph["file"])
+    return fused_attention(ir)
+
+
 def export_stateful(spec: ModelSpec, out: Path, variant: dict, cache_dir, session: SessionFactory) -> dict:
     """IR from the model exported to ONNX with the attention OpenVINO fuses (a temporary export, not
     the ONNX artifact: ONNX Runtime runs the grouped form, which copies no K/V per step), the cache
@@ -208,8 +234,6 @@ def export_stateful(spec: ModelSpec, out: Path, variant: dict, cache_dir, sessio
     the CPU plugin no longer runs it when it compiles); checked against PyTorch."""
     import tempfile
 
-    from openvino._offline_transformations import apply_make_stateful_transformation, apply_moc_transformations
-
     from slmbench.models.blocks import set_fusable_attention
 
     cfg = spec.config
@@ -217,24 +241,13 @@ def export_stateful(spec: ModelSpec, out: Path, variant: dict, cache_dir, sessio
     graphs = stateful_graphs(cfg)
     fused = {}
     with tempfile.TemporaryDirectory(prefix="slmbench-ov-") as tmp:
-        source = onnx_exporter.export_onnx(spec, Path(tmp), {"precision": variant["precision"]}, model=model)
+        folder = Path(tmp)
+        source = onnx_exporter.export_onnx(spec, folder, {"precision": variant["precision"]}, model=model)
         onnx_graphs = source["graphs"]
         if cfg.is_encoder_decoder:
-            encoder = read_onnx(Path(tmp) / onnx_graphs["encoder"]["file"])
-            rename_ports(encoder, onnx_graphs["encoder"]["inputs"], onnx_graphs["encoder"]["outputs"])
-            apply_moc_transformations(encoder, cf=False)
-            rename_ports(encoder, graphs["encoder"]["inputs"], graphs["encoder"]["outputs"])
-            fused["encoder"] = fused_attention(encoder)
-            save_ir(encoder, out / graphs["encoder"]["file"])
-        decoder = read_onnx(Path(tmp) / onnx_graphs["decoder"]["file"])
-        rename_ports(decoder, onnx_graphs["decoder"]["inputs"], onnx_graphs["decoder"]["outputs"])
-        add_beam_idx(decoder)
-        apply_make_stateful_transformation(decoder, graphs["decoder"]["states"])
-        add_state_initializers(decoder)
-        apply_moc_transformations(decoder, cf=False)
-        rename_ports(decoder, graphs["decoder"]["inputs"], graphs["decoder"]["outputs"])
-        fused["decoder"] = fused_attention(decoder)
-        save_ir(decoder, out / graphs["decoder"]["file"])
+            fused["encoder"] = _moc_ir(folder, onnx_graphs["encoder"], graphs["encoder"], out)
+        fused["decoder"] = _moc_ir(folder, onnx_graphs["decoder"], graphs["decoder"], out,
+                                   lambda ir: make_stateful(ir, graphs["decoder"]["states"]))
 
     kv = kv_layout(cfg)
     result = check_parity(model, cfg, out, {"graphs": graphs, "kv": kv}, session, "openvino-stateful(CPU, KV f32)")

@@ -32,6 +32,7 @@ from slmbench.exporters.onnx import OPSET, kv_layout, kv_names
 from slmbench.exporters.openvino import (
     EXACT_CPU,
     SessionFactory,
+    add_beam_idx,
     check_parity,
     exact_session,
     ir_code,
@@ -339,25 +340,6 @@ def _npuw_wrapper(model):
     return NpuwStep().eval()  # the tracer restores the wrapper's training flag onto the model
 
 
-def _add_beam_idx(model, past_names: list[str]) -> None:
-    """beam_idx [batch] (i32) gathers every past KV along the batch axis, as optimum-intel's
-    stateful models do; the NPU plugin's stateful-to-stateless pass requires it."""
-    import openvino as ov
-    from openvino import opset13 as ops
-
-    batch = model.input("input_ids").get_partial_shape()[0]
-    beam_idx = ops.parameter(ov.PartialShape([batch]), ov.Type.i32, name="beam_idx")
-    beam_idx.output(0).get_tensor().set_names({"beam_idx"})
-    model.add_parameters([beam_idx])
-    for name in past_names:
-        port = model.input(name)
-        consumers = port.get_target_inputs()
-        gather = ops.gather(port, beam_idx, ops.constant(0))
-        for consumer in consumers:
-            consumer.replace_source_output(gather.output(0))
-    model.validate_nodes_and_infer_types()
-
-
 def export_npuw(spec: ModelSpec, out: Path, variant: dict, session: SessionFactory) -> dict:
     import torch
     from openvino._offline_transformations import apply_make_stateful_transformation
@@ -401,7 +383,7 @@ def export_npuw(spec: ModelSpec, out: Path, variant: dict, session: SessionFacto
         )
         decoder = read_onnx(path)
     rename_ports(decoder, onnx_inputs, ["logits", *present_names])
-    _add_beam_idx(decoder, past_names)
+    add_beam_idx(decoder, past_names)
     apply_make_stateful_transformation(decoder, names["states"])
     rename_ports(decoder, names["inputs"], names["outputs"])
     graphs = {"decoder": {"file": "decoder.xml", "weights": "decoder.bin", **names}}
