@@ -270,8 +270,16 @@ def _openvino_options(device, runtimes, mode, kv_precision, cache_dir) -> dict |
               help="onnxruntime, openvino or torch (default: best for the device); repeat to compare runtimes "
                    "in one interleaved run.")
 @click.option("--precision", "-p", default="fp32", show_default=True)
-@click.option("--input-len", "-i", type=int, default=512, show_default=True, help="Prompt tokens.")
+@click.option("--input-len", "-i", type=int, default=None,
+              help="Prompt tokens: random ids (default 512), or with --prompt/--prompts each prompt cut or repeated "
+                   "to this many of each model's tokens (default: the text as is).")
 @click.option("--output-len", "-o", type=int, default=128, show_default=True, help="Generated tokens (EOS ignored).")
+@click.option("--prompt", default=None,
+              help="Text to feed instead of random ids, through each model's own tokenizer (hf: folders; presets "
+                   "keep random ids).")
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
+              help="A file of prompts, one a line (plain text, or .jsonl: a string or {\"prompt\": ...} a line); "
+                   "repetitions cycle through them, every model alike.")
 @click.option("--batch", "-b", type=int, default=1, show_default=True)
 @click.option("--threads", "-t", type=int, default=None,
               help="Runtime threads (default: physical cores within the CPU affinity mask).")
@@ -290,8 +298,9 @@ def _openvino_options(device, runtimes, mode, kv_precision, cache_dir) -> dict |
 @_cache_option
 @_trust_option
 @_openvino_run_options
-def run(model_names, device, runtimes, precision, input_len, output_len, batch, threads, warmup, min_reps,
-        min_time, max_reps, target_ci, require_quiet, results, cache_dir, ov_mode, kv_cache_precision, ov_cache_dir):
+def run(model_names, device, runtimes, precision, input_len, output_len, prompt, prompts_file, batch, threads, warmup,
+        min_reps, min_time, max_reps, target_ci, require_quiet, results, cache_dir, ov_mode, kv_cache_precision,
+        ov_cache_dir):
     """Measure TTFT and throughput; compare encoder-decoder with decoder-only in one interleaved run.
 
     \b
@@ -302,18 +311,22 @@ def run(model_names, device, runtimes, precision, input_len, output_len, batch, 
       slmbench run -m mu-tiny -m deconly-tiny -i 64 -o 16 --min-time 1
       slmbench run --runtime openvino -m deconly-330m -i 256 -o 64   # OpenVINO CPU, stateful KV
       slmbench run -r onnxruntime -r openvino -m deconly-330m -i 256 -o 64   # runtimes side by side
+      slmbench run -m hf:./t5 -m hf:./qwen --prompt "Summarize: ..."   # one text, each model's tokenizer
+      slmbench run -m hf:./t5 -m hf:./qwen --prompts prompts.jsonl -i 512  # every prompt fitted to 512 tokens
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from slmbench.config import RunSettings, plan
     from slmbench.core.benchmark import run_benchmark
     from slmbench.models import resolve_model
-    from slmbench.report.terminal import pair_ratios, ratio_table, runtime_table, summary_table
+    from slmbench.prompts import text_of
+    from slmbench.report.terminal import pair_ratios, ratio_table, runtime_table, summary_table, text_table
     from slmbench.results import append_rows, check_writable
 
-    settings = RunSettings(batch=batch, input_len=input_len, output_len=output_len, warmup=warmup,
-                           min_reps=min_reps, min_time_s=min_time, max_reps=max_reps,
-                           target_ci=target_ci)
+    text = text_of(prompt, prompts_file, fit=input_len is not None)
+    settings = RunSettings(batch=batch, input_len=512 if input_len is None else input_len, output_len=output_len,
+                           warmup=warmup, min_reps=min_reps, min_time_s=min_time, max_reps=max_reps,
+                           target_ci=target_ci, text=text)
     options = _openvino_options(device, runtimes, ov_mode, kv_cache_precision, ov_cache_dir)
     # An absent device, a repeated model or bad thread count fails here, before any progress display.
     configs = plan(model_names, device, list(runtimes) or [None], precision, settings, threads, options)
@@ -337,6 +350,8 @@ def run(model_names, device, runtimes, precision, input_len, output_len, batch, 
         console.print(ratio_table(ratios))
     if len({r["runtime"] for r in rows}) > 1:
         console.print(runtime_table(rows))
+    if text is not None:
+        console.print(text_table(rows))
     for row in rows:
         for warning in row["warnings"]:
             console.print(f"[yellow]warning[/yellow] {row['model']}: {warning}")

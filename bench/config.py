@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from slmbench.errors import InvalidOption
+from slmbench.prompts import Text
 
 LIMITS = {"batch": 256, "input_len": 1 << 17, "output_len": 1 << 16}
 
@@ -35,8 +36,12 @@ class RunSettings:
     # Optional run length chosen from the data: keep repeating (up to max_reps) until the 95% CI
     # of the median TTFT and of the median TPOT is within this fraction of the median.
     target_ci: float | None = None
+    # Text instead of random ids (slmbench.prompts): as is, input_len is each model's own token count
+    # (its mean over the prompts); fitted, every prompt is cut or repeated to input_len tokens.
+    text: Text | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "text", Text.from_value(self.text))
         for name in ("batch", "input_len", "output_len", "min_reps", "max_reps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -55,6 +60,24 @@ class RunSettings:
                                 f"got {self.target_ci!r}")
         if self.max_reps < self.min_reps:
             raise InvalidOption(f"max_reps ({self.max_reps}) must be >= min_reps ({self.min_reps})")
+
+    @property
+    def text_as_is(self) -> bool:
+        return self.text is not None and not self.text.fit
+
+    def shared(self) -> RunSettings:
+        """What every configuration of one run must have in common: all of it, but the input length
+        of a text as is, which each model's tokenizer decides."""
+        return replace(self, input_len=1) if self.text_as_is else self
+
+    @property
+    def input_key(self) -> str:
+        """The key's input field: `in512` (random ids), `in512:text-ID` (the text fitted to 512
+        tokens), `in:text-ID` (the text as is, whatever each tokenizer makes of it, so that models
+        with different tokenizers pair on the same text)."""
+        if self.text is None:
+            return f"in{self.input_len}"
+        return f"in:text-{self.text.id}" if self.text_as_is else f"in{self.input_len}:text-{self.text.id}"
 
     def check_fits(self, model: str, cfg) -> None:
         """Lengths must fit the model's positions (decoder-only: prompt + generated tokens)."""
@@ -122,7 +145,7 @@ class RunConfig:
         s = self.settings
         extra = self.options + ((("loop", self.loop),) if self.loop else ())
         opts = ",".join(f"{k}={v}" for k, v in sorted(extra))
-        return (f"{self.model}|{self.device}|{self.runtime}|{self.precision}|b{s.batch}|in{s.input_len}|"
+        return (f"{self.model}|{self.device}|{self.runtime}|{self.precision}|b{s.batch}|{s.input_key}|"
                 f"out{s.output_len}|t{self.threads}" + (f"|{opts}" if opts else ""))
 
     @property
@@ -186,7 +209,15 @@ def plan(models: Iterable[str], device: str = "cpu", runtimes: Sequence[str | No
             if v in seen:
                 raise InvalidOption(f"{what} {v} is given twice; name each once")
             seen.add(v)
-    configs = [RunConfig.create(m, device, r, precision, settings, threads, options) for r in runtimes for m in models]
+    settings = settings or RunSettings()
+    per_model = {m: settings for m in models}
+    if settings.text_as_is:  # each model's own token count of the text
+        from slmbench.core.inputs import token_length
+        from slmbench.models import resolve_model
+
+        per_model = {m: replace(settings, input_len=token_length(settings, resolve_model(m))) for m in models}
+    configs = [RunConfig.create(m, device, r, precision, per_model[m], threads, options)
+               for r in runtimes for m in models]
     from slmbench.runners import precision_unsupported
 
     for runtime in dict.fromkeys(c.runtime for c in configs):  # refused before anything is prepared
@@ -209,5 +240,5 @@ def check_one_run(configs: Sequence[RunConfig]) -> None:
     for key in keys:
         if keys.count(key) > 1:
             raise InvalidOption(f"the configuration {key} is given twice; name each model once")
-    if len({c.settings for c in configs}) > 1:
+    if len({c.settings.shared() for c in configs}) > 1:
         raise InvalidOption("configurations measured in one run must share batch, lengths and repetitions")

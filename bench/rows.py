@@ -36,7 +36,9 @@ FIELDS: dict[str, str] = {
     "device": "the device asked for", "runtime": "the runtime", "runtime_version": "the runtime's version",
     "precision": "the precision recipe's name", "precision_recipe": "how the weights were made that precision",
     "accuracy": "the artifact's logit error against fp32 PyTorch",
-    "batch": "batch size", "input_len": "prompt tokens", "output_len": "generated tokens (EOS ignored)",
+    "batch": "batch size",
+    "input_len": "prompt tokens (a text as is: this model's tokens of it, mean over the prompts)",
+    "output_len": "generated tokens (EOS ignored)",
     "threads": "runtime threads", "mode": "OpenVINO graph mode (None elsewhere)",
     "device_executed": "the device the runtime reports it ran on", "device_info": "what the runtime says of it",
     "runtime_options": "every runtime setting that affects speed, as applied",
@@ -74,6 +76,9 @@ FIELDS: dict[str, str] = {
     "compute_roofline": "the first token's compute ceiling (CPU): its FLOPs (encoder + first step, or the prefill; "
                         "models/cost.py) over the peak FLOP/s of the runtime's own MatMul at the run's threads and "
                         "compute precision (host/compute.py), and the fraction of it the median TTFT reached",
+    "text": "a run fed text (slmbench.prompts): its id, prompts, characters and words; how this model got it (input: "
+            "as is, cut, repeated, or random ids without a tokenizer), its tokenizer (file, sha256), its tokens per "
+            "prompt, and the characters and words its input held per prompt (mean)",
     "loop": "harness-overhead rows: harness or bare", "overhead_of": "harness-overhead rows: the plain key",
     "sweep": "the sweep that measured this row", "_source": "the file it was read from (set on read, not stored)",
 }

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from slmbench.config import RunConfig, check_one_run
 from slmbench.core.child import in_fresh_process
-from slmbench.core.measure import Subject, generate, make_inputs, measure, memory_by_phase, summarize_subject
+from slmbench.core.inputs import ModelInput, model_inputs
+from slmbench.core.measure import Subject, generate, measure, memory_by_phase, summarize_subject
 from slmbench.errors import DeviceUnavailable
 from slmbench.exporters.artifact import NotCached, cached_only, default_cache_dir
 from slmbench.exporters.precision import row_fields as precision_fields
@@ -67,7 +68,7 @@ def _memory_alone(config: dict, spec: ModelSpec, cache_dir) -> dict:
     after = current_rss()
     settings = run.settings
     try:
-        phases = memory_by_phase(loaded.runner, make_inputs(settings, spec.config.vocab_size), settings.output_len,
+        phases = memory_by_phase(loaded.runner, model_inputs(settings, spec).slots[0], settings.output_len,
                                  spec.config.is_encoder_decoder, spec.config.decoder_start_token, after)
     finally:
         loaded.runner.close()
@@ -112,7 +113,8 @@ def prepare_and_load(config: RunConfig, spec: ModelSpec | None = None, cache_dir
     return Loaded(config, spec, runner, artifact, reused, load, delta, huge)
 
 
-def result_row(config: RunConfig, subject: Subject, loaded: Loaded, group: str, env: dict, **fields) -> dict:
+def result_row(config: RunConfig, subject: Subject, loaded: Loaded, group: str, env: dict,
+               inputs: ModelInput | None = None, **fields) -> dict:
     """One measured configuration as a result row: statistics, raw timestamps, and the provenance
     (runtime settings, artifact) needed to trust it later; identity comes from the config."""
     spec, runner, load, artifact = loaded.spec, loaded.runner, loaded.load, loaded.artifact
@@ -149,7 +151,8 @@ def result_row(config: RunConfig, subject: Subject, loaded: Loaded, group: str, 
                   "opset": artifact.manifest.get("opset"),
                   "parity_max_abs_diff": (artifact.manifest["parity"] or {}).get("max_abs_diff"),
                   "weight_bytes": artifact.weight_bytes, "variant": artifact.manifest.get("variant")},
-        roofline=roofline, compute_roofline=compute, **fields)
+        roofline=roofline, compute_roofline=compute, **({"text": inputs.text} if inputs and inputs.text else {}),
+        **fields)
 
 
 def _labels(configs: Sequence[RunConfig]) -> list[str]:
@@ -170,9 +173,10 @@ def run_benchmark(configs: Sequence[RunConfig], results: Path | str | None = Non
     configs = list(configs)
     check_one_run(configs)
     specs = list(specs) if specs is not None else [resolve_model(c.model) for c in configs]
-    settings = configs[0].settings
-    for spec in specs:
-        settings.check_fits(spec.name, spec.config)
+    settings = configs[0].settings  # the repetitions' (check_one_run: shared by all)
+    for config, spec in zip(configs, specs, strict=True):
+        config.settings.check_fits(spec.name, spec.config)
+    inputs = [model_inputs(c.settings, spec) for c, spec in zip(configs, specs, strict=True)]  # tokenized here
     if results is not None:
         check_writable(results)
     for config in configs:
@@ -181,17 +185,19 @@ def run_benchmark(configs: Sequence[RunConfig], results: Path | str | None = Non
     loaded = [prepare_and_load(c, spec, cache_dir, log) for c, spec in zip(configs, specs, strict=True)]
     subjects = [Subject(label, item.runner, item.spec.config.is_encoder_decoder, item.spec.config.decoder_start_token)
                 for label, item in zip(_labels(configs), loaded, strict=True)]
-    inputs = {s.label: make_inputs(settings, item.spec.config.vocab_size) for s, item in zip(subjects, loaded,
-                                                                                             strict=True)}
+    feed = {s.label: given.cycle() for s, given in zip(subjects, inputs, strict=True)}
     gc.collect()
     if require_quiet:
         wait_until_quiet(log=log)
     load_peak = peak_rss()  # import, export and load included
     reset_peak_rss()  # from here the high-water mark covers the generations only
-    log(f"measuring {', '.join(s.label for s in subjects)}: batch {settings.batch}, input {settings.input_len}, "
+    shape = (f"input {settings.input_len}" if settings.text is None else
+             f"text {settings.text.id} ({len(settings.text.prompts)} prompts, "
+             + (f"{settings.input_len} tokens each)" if settings.text.fit else "as is)"))
+    log(f"measuring {', '.join(s.label for s in subjects)}: batch {settings.batch}, {shape}, "
         f"output {settings.output_len} (interleaved; >= {settings.min_reps} reps and >= {settings.min_time_s:g}s each)")
     try:
-        measure([subjects], settings, lambda s: generate(s.runner, inputs[s.label], settings.output_len,
+        measure([subjects], settings, lambda s: generate(s.runner, feed[s.label](), settings.output_len,
                                                          s.encoder_decoder, s.start_token), progress)
         peak = peak_rss()
     finally:
@@ -208,8 +214,8 @@ def run_benchmark(configs: Sequence[RunConfig], results: Path | str | None = Non
                         "and a second load compiles again"}
               for c, spec in zip(configs, specs, strict=True)]
     rows = []
-    for subject, item, phase in zip(subjects, loaded, phases, strict=True):
-        rows.append(result_row(item.config, subject, item, group, env,
+    for subject, item, phase, given in zip(subjects, loaded, phases, inputs, strict=True):
+        rows.append(result_row(item.config, subject, item, group, env, given,
                                compared_with=[s.label for s in subjects if s is not subject], peak_rss_bytes=peak,
                                rss_scope="process, all models of the run loaded, generations only",
                                load_peak_rss_bytes=load_peak, memory_phases=phase))

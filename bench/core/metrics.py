@@ -57,6 +57,27 @@ def row_stat(row: dict, metric: str, stat: str = "median") -> float | None:
     return ((row.get("metrics") or {}).get(metric) or {}).get(stat)
 
 
+def text_rates(row: dict) -> dict | None:
+    """Per-character and per-word rates of a row fed tokenized text, beside its per-token ones:
+    models with different tokenizers read one text in different numbers of tokens, so only these
+    compare the same amount of text. Reading: the input's characters (words) per second of TTFT.
+    Decoding: decode tok/s at the input's characters (words) per token under this tokenizer: an
+    estimate, generated text has no characters of its own to count (random weights). None when the
+    row was not fed text through a tokenizer."""
+    text = row.get("text") or {}
+    chars, words, tokens = text.get("input_characters"), text.get("input_words"), text.get("input_tokens")
+    ttft, tps = row_stat(row, "ttft_s"), row_stat(row, "decode_tps")
+    if not chars or not tokens or not ttft:
+        return None
+    per_token = sum(tokens) / len(tokens)
+    batch = row.get("batch") or 1
+    return {"input_tokens": per_token, "input_characters": chars, "input_words": words,
+            "characters_per_token": chars / per_token,
+            "read_chars_per_s": batch * chars / ttft, "read_words_per_s": batch * words / ttft if words else None,
+            "decode_chars_per_s": tps * chars / per_token if tps else None,
+            "decode_words_per_s": tps * words / per_token if tps and words else None}
+
+
 @dataclass(frozen=True)
 class Pair:
     """An encoder-decoder and a decoder-only row measured interleaved in one run, on one machine,

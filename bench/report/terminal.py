@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from slmbench.core.metrics import row_stat, same_run_pairs
+from slmbench.core.metrics import row_stat, same_run_pairs, text_rates
 
 
 def fmt_s(value: float | None) -> str:
@@ -96,6 +96,31 @@ def runtime_table(rows: list[dict]) -> Table:
                           f"{ttft / row_stat(base, 'ttft_s'):.2f}x" if ttft and row_stat(base, "ttft_s") else "-",
                           f"{tps:.1f}" if tps else "-",
                           f"{tps / row_stat(base, 'decode_tps'):.2f}x" if tps and row_stat(base, "decode_tps") else "-")
+    return table
+
+
+def text_table(rows: list[dict]) -> Table:
+    """A run fed text: each model's tokens of it beside per-character and per-word rates, the only
+    ones that compare the same text across tokenizers (slmbench.core.metrics.text_rates)."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("text")]
+    counts = {round(t["input_tokens"]) for r in ok if (t := text_rates(r))}
+    text = ok[0]["text"] if ok else {}
+    title = (f"matched text {text.get('id')}: {text.get('prompts')} prompt(s), {text.get('characters')} characters, "
+             f"{text.get('words')} words, {text.get('fit')}"
+             + ("; token counts differ between tokenizers: compare per character" if len(counts) > 1 else ""))
+    table = Table(title=title, title_justify="left")
+    for col in ("model", "runtime", "input", "tokens", "chars/token", "TTFT p50", "read chars/s", "read words/s",
+                "decode tok/s", "decode chars/s*", "decode words/s*"):
+        table.add_column(col, justify="left" if col in ("model", "runtime", "input") else "right")
+    num = lambda v, f="{:,.0f}": "-" if v is None else f.format(v)
+    for r in ok:
+        rates = text_rates(r) or {}
+        table.add_row(r["model"], r["runtime"], r["text"].get("input", "-"), num(rates.get("input_tokens")),
+                      num(rates.get("characters_per_token"), "{:.2f}"), fmt_s(row_stat(r, "ttft_s")),
+                      num(rates.get("read_chars_per_s")), num(rates.get("read_words_per_s")),
+                      num(row_stat(r, "decode_tps"), "{:.1f}"), num(rates.get("decode_chars_per_s")),
+                      num(rates.get("decode_words_per_s")))
+    table.caption = "* decode tok/s at the input's characters (words) per token under each model's tokenizer"
     return table
 
 

@@ -1,0 +1,98 @@
+"""What each model is fed: random ids from a fixed seed, or its own tokenizer's ids of the run's text.
+
+Tokenizing happens here, before anything is timed. A run's repetitions cycle through the prompts in
+order (cold run and warm-ups included), every model alike, so a model's k-th repetition read the
+same prompt as its peer's. With a batch, row j of slot k holds prompt (k + j) mod n.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from slmbench.config import RunSettings
+from slmbench.core.measure import make_inputs
+from slmbench.errors import InvalidOption
+from slmbench.models.tokenizer import folder_of, load_tokenizer
+
+
+@dataclass
+class ModelInput:
+    """The id arrays a model's repetitions cycle through, and what its row says of them (None: random
+    ids of a run without text)."""
+
+    slots: list[np.ndarray]
+    text: dict | None = None
+
+    def cycle(self):
+        """A function returning the next slot's ids on each call."""
+        state = {"next": 0}
+
+        def take() -> np.ndarray:
+            ids = self.slots[state["next"] % len(self.slots)]
+            state["next"] += 1
+            return ids
+
+        return take
+
+
+def _fitted(ids: list[int], length: int) -> tuple[list[int], str]:
+    if len(ids) >= length:
+        return ids[:length], "cut" if len(ids) > length else "exact"
+    return list(np.resize(np.asarray(ids, np.int64), length)), "repeated"
+
+
+def _tokenized(settings: RunSettings, spec) -> tuple[list[list[int]], list[str], object]:
+    """Each prompt's ids, and how each was sized (as is, cut, repeated)."""
+    text = settings.text
+    tokenizer = load_tokenizer(folder_of(spec), spec.name)
+    ids = [tokenizer.encode(p) for p in text.prompts]
+    if not all(ids):
+        raise InvalidOption(f"{spec.name}'s tokenizer turns a prompt into no tokens at all")
+    if not text.fit:
+        return ids, ["as is"] * len(ids), tokenizer
+    fitted = [_fitted(x, settings.input_len) for x in ids]
+    return [f for f, _ in fitted], [how for _, how in fitted], tokenizer
+
+
+def token_length(settings: RunSettings, spec) -> int:
+    """A model's input length under the run's text as is: its mean token count over the prompts
+    (exact for one prompt); `settings.input_len` when the text is fitted, absent, or the model has no
+    tokenizer."""
+    if settings.text is None or settings.text.fit or folder_of(spec) is None:
+        return settings.input_len
+    ids, _, _ = _tokenized(settings, spec)
+    return max(1, round(sum(map(len, ids)) / len(ids)))
+
+
+def model_inputs(settings: RunSettings, spec) -> ModelInput:
+    """The ids `spec` is fed under `settings` (random ids when there is no text or no tokenizer)."""
+    text = settings.text
+    if text is None:
+        return ModelInput([make_inputs(settings, spec.config.vocab_size)])
+    if folder_of(spec) is None:
+        return ModelInput([make_inputs(settings, spec.config.vocab_size)],
+                          {**text.summary(), "input": f"random ids: {spec.name} has no tokenizer",
+                           "tokenizer": None, "input_tokens": [settings.input_len], "input_characters": None,
+                           "input_words": None})
+    ids, how, tokenizer = _tokenized(settings, spec)
+    cfg = spec.config
+    longest = max(map(len, ids))
+    need = longest if cfg.is_encoder_decoder else longest + settings.output_len
+    if need > cfg.max_positions:
+        raise InvalidOption(f"{spec.name}: a prompt is {longest} tokens, {need} positions with the output; the "
+                            f"model has {cfg.max_positions}; shorten it or give --input-len to cut it")
+    n, batch = len(ids), settings.batch
+    if batch > 1 and len({len(x) for x in ids}) > 1:
+        raise InvalidOption(f"{spec.name}: the prompts are {min(map(len, ids))}-{longest} tokens long and a batch "
+                            "needs one length; give --input-len to cut or repeat them to it, or use --batch 1")
+    slots = [np.array([ids[(k + j) % n] for j in range(batch)], np.int64) for k in range(n)]
+    if text.fit:
+        shown = [tokenizer.decode(x) for x in ids]
+    else:
+        shown = list(text.prompts)
+    return ModelInput(slots, {
+        **text.summary(), "input": ", ".join(sorted(set(how))), "tokenizer": tokenizer.describe(),
+        "input_tokens": [len(x) for x in ids],
+        "input_characters": sum(map(len, shown)) / n, "input_words": sum(len(s.split()) for s in shown) / n})
