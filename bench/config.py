@@ -65,6 +65,13 @@ class RunSettings:
     def text_as_is(self) -> bool:
         return self.text is not None and not self.text.fit
 
+    def for_model(self, spec) -> RunSettings:
+        """The settings as `spec` runs them: under a text as is, its input length is its own
+        tokenizer's count of the text (slmbench.prompts.Text.token_length)."""
+        if not self.text_as_is:
+            return self
+        return replace(self, input_len=self.text.token_length(spec, self.input_len))
+
     def shared(self) -> RunSettings:
         """What every configuration of one run must have in common: all of it, but the input length
         of a text as is, which each model's tokenizer decides."""
@@ -212,10 +219,9 @@ def plan(models: Iterable[str], device: str = "cpu", runtimes: Sequence[str | No
     settings = settings or RunSettings()
     per_model = {m: settings for m in models}
     if settings.text_as_is:  # each model's own token count of the text
-        from slmbench.core.inputs import token_length
         from slmbench.models import resolve_model
 
-        per_model = {m: replace(settings, input_len=token_length(settings, resolve_model(m))) for m in models}
+        per_model = {m: settings.for_model(resolve_model(m)) for m in models}
     configs = [RunConfig.create(m, device, r, precision, per_model[m], threads, options)
                for r in runtimes for m in models]
     from slmbench.runners import precision_unsupported

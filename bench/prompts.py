@@ -18,7 +18,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from slmbench.errors import InvalidOption
+from slmbench.models.tokenizer import folder_of, load_tokenizer
 
 MAX_TEXT_CHARS = 1 << 20  # the prompts travel in every configuration and row: 1 Mi characters at most
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -61,6 +64,26 @@ class Text:
         return {"id": self.id, "prompts": len(self.prompts), "characters": self.characters, "words": self.words,
                 "fit": "cut or repeated to input_len tokens" if self.fit else "as is"}
 
+    def token_ids(self, spec, input_len: int) -> tuple[list[list[int]], list[str], object]:
+        """Each prompt's ids from `spec`'s own tokenizer, how each was sized (as is, exact, cut,
+        repeated: to `input_len` when fitted), and the tokenizer."""
+        tokenizer = load_tokenizer(folder_of(spec), spec.name)
+        ids = [tokenizer.encode(p) for p in self.prompts]
+        if not all(ids):
+            raise InvalidOption(f"{spec.name}'s tokenizer turns a prompt into no tokens at all")
+        if not self.fit:
+            return ids, ["as is"] * len(ids), tokenizer
+        fitted = [_fitted(x, input_len) for x in ids]
+        return [f for f, _ in fitted], [how for _, how in fitted], tokenizer
+
+    def token_length(self, spec, input_len: int) -> int:
+        """`spec`'s input length for this text: its mean token count over the prompts as is (exact for
+        one prompt); `input_len` when fitted or when the model has no tokenizer (random ids)."""
+        if self.fit or folder_of(spec) is None:
+            return input_len
+        ids, _, _ = self.token_ids(spec, input_len)
+        return max(1, round(sum(map(len, ids)) / len(ids)))
+
     @classmethod
     def from_value(cls, value) -> Text | None:
         """A Text from itself or its dict (a configuration read back from JSON); None stays None."""
@@ -69,6 +92,12 @@ class Text:
         if isinstance(value, dict) and set(value) <= {"prompts", "fit"} and "prompts" in value:
             return cls(tuple(value["prompts"]), value.get("fit", False))
         raise InvalidOption(f"not a text: {value!r:.80}")
+
+
+def _fitted(ids: list[int], length: int) -> tuple[list[int], str]:
+    if len(ids) >= length:
+        return ids[:length], "cut" if len(ids) > length else "exact"
+    return list(np.resize(np.asarray(ids, np.int64), length)), "repeated"
 
 
 def read_prompts(path: Path | str) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ LAYERS = [
     ("models", ["slmbench.models"]),
     ("exporters", ["slmbench.exporters"]),
     ("runners", ["slmbench.runners"]),
-    ("core", ["slmbench.core", "slmbench.config", "slmbench.rows", "slmbench.results"]),
+    ("core", ["slmbench.core", "slmbench.config", "slmbench.prompts", "slmbench.rows", "slmbench.results"]),
     ("stages", ["slmbench.sweep", "slmbench.report", "slmbench.gate", "slmbench.tools"]),
     ("cli", ["slmbench.cli"]),
 ]

@@ -202,3 +202,38 @@ def test_a_folder_without_a_tokenizer_is_one_line(folders, tmp_path):
 def test_prompt_and_prompt_file_together_are_refused(tmp_path):
     result = _run("--prompt", "x", "--prompts", str(tmp_path / "p.txt"))
     assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_a_sweep_feeds_its_text_as_is_and_resumes(folders, cache_dir, tmp_path):
+    from slmbench.results import read_rows
+    from slmbench.sweep.files import SweepFileError, load_sweep
+    from slmbench.sweep.run import run_sweep
+
+    (tmp_path / "prompts.txt").write_text(PROMPT + "\n", encoding="utf-8")
+    sweep_file = tmp_path / "text.toml"
+    sweep_file.write_text(f"""
+name = "text"
+[grid]
+models = ["hf:{folders['t5']}", "hf:{folders['llama']}"]
+output_lens = [3]
+[text]
+prompts = "prompts.txt"
+[repetitions]
+warmup = 0
+min_reps = 2
+min_time_s = 0
+""", encoding="utf-8")
+    sweep = load_sweep(sweep_file)
+    configs, _ = sweep.configurations()
+    assert sweep.text.prompts == (PROMPT,) and not sweep.text.fit
+    assert sorted(c.settings.input_len for c in configs) == sorted(
+        model_inputs(c.settings, resolve_model(c.models[0])).text["input_tokens"][0] for c in configs)
+    results = tmp_path / "rows.jsonl"
+    first = run_sweep(sweep, results, cache_dir=cache_dir)
+    assert first.measured == 2 and first.failed == 0
+    rows = read_rows([results])
+    assert {r["text"]["id"] for r in rows} == {Text((PROMPT,)).id} and {r["status"] for r in rows} == {"ok"}
+    assert run_sweep(sweep, results, cache_dir=cache_dir).measured == 0  # resume: the text's keys are done
+    sweep_file.write_text(sweep_file.read_text().replace('prompts = "prompts.txt"', 'prompts = "missing.txt"'))
+    with pytest.raises(SweepFileError, match="cannot read the prompt file"):
+        load_sweep(sweep_file)

@@ -1,8 +1,9 @@
 """What each model is fed: random ids from a fixed seed, or its own tokenizer's ids of the run's text.
 
-Tokenizing happens here, before anything is timed. A run's repetitions cycle through the prompts in
-order (cold run and warm-ups included), every model alike, so a model's k-th repetition read the
-same prompt as its peer's. With a batch, row j of slot k holds prompt (k + j) mod n.
+Tokenizing (slmbench.prompts.Text.token_ids) happens here, before anything is timed. A run's
+repetitions cycle through the prompts in order (cold run and warm-ups included), every model alike,
+so a model's k-th repetition read the same prompt as its peer's. With a batch, row j of slot k holds
+prompt (k + j) mod n.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 from slmbench.config import RunSettings
 from slmbench.core.measure import make_inputs
 from slmbench.errors import InvalidOption
-from slmbench.models.tokenizer import folder_of, load_tokenizer
+from slmbench.models.tokenizer import folder_of
 
 
 @dataclass
@@ -37,35 +38,6 @@ class ModelInput:
         return take
 
 
-def _fitted(ids: list[int], length: int) -> tuple[list[int], str]:
-    if len(ids) >= length:
-        return ids[:length], "cut" if len(ids) > length else "exact"
-    return list(np.resize(np.asarray(ids, np.int64), length)), "repeated"
-
-
-def _tokenized(settings: RunSettings, spec) -> tuple[list[list[int]], list[str], object]:
-    """Each prompt's ids, and how each was sized (as is, cut, repeated)."""
-    text = settings.text
-    tokenizer = load_tokenizer(folder_of(spec), spec.name)
-    ids = [tokenizer.encode(p) for p in text.prompts]
-    if not all(ids):
-        raise InvalidOption(f"{spec.name}'s tokenizer turns a prompt into no tokens at all")
-    if not text.fit:
-        return ids, ["as is"] * len(ids), tokenizer
-    fitted = [_fitted(x, settings.input_len) for x in ids]
-    return [f for f, _ in fitted], [how for _, how in fitted], tokenizer
-
-
-def token_length(settings: RunSettings, spec) -> int:
-    """A model's input length under the run's text as is: its mean token count over the prompts
-    (exact for one prompt); `settings.input_len` when the text is fitted, absent, or the model has no
-    tokenizer."""
-    if settings.text is None or settings.text.fit or folder_of(spec) is None:
-        return settings.input_len
-    ids, _, _ = _tokenized(settings, spec)
-    return max(1, round(sum(map(len, ids)) / len(ids)))
-
-
 def model_inputs(settings: RunSettings, spec) -> ModelInput:
     """The ids `spec` is fed under `settings` (random ids when there is no text or no tokenizer)."""
     text = settings.text
@@ -76,7 +48,7 @@ def model_inputs(settings: RunSettings, spec) -> ModelInput:
                           {**text.summary(), "input": f"random ids: {spec.name} has no tokenizer",
                            "tokenizer": None, "input_tokens": [settings.input_len], "input_characters": None,
                            "input_words": None})
-    ids, how, tokenizer = _tokenized(settings, spec)
+    ids, how, tokenizer = text.token_ids(spec, settings.input_len)
     cfg = spec.config
     longest = max(map(len, ids))
     need = longest if cfg.is_encoder_decoder else longest + settings.output_len

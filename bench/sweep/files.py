@@ -20,6 +20,7 @@ from slmbench.config import LIMITS, RunConfig, RunSettings
 from slmbench.errors import BenchError, InvalidOption
 from slmbench.exporters.precision import PRECISIONS as RECIPES
 from slmbench.host.cpus import default_threads
+from slmbench.prompts import Text, read_prompts
 from slmbench.runners import precision_unsupported
 
 # Precision names a sweep may ask for: the exporters' recipes plus bf16 (PyTorch runner). Whether a
@@ -36,8 +37,8 @@ class SweepFileError(InvalidOption):
 @dataclass(frozen=True)
 class Grid:
     models: tuple[str, ...]
-    input_lens: tuple[int, ...]
     output_lens: tuple[int, ...]
+    input_lens: tuple[int, ...] = ()  # () only with [text]: the text as is
     devices: tuple[str, ...] = ("cpu",)
     runtimes: tuple[str, ...] = ("onnxruntime",)
     precisions: tuple[str, ...] = ("fp32",)
@@ -64,6 +65,7 @@ class Sweep:
     options: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
     description: str = ""
     source: str = ""
+    text: Text | None = None  # [text]: fed instead of random ids; as is when the grid has no input_lens
 
     def configurations(self) -> tuple[list[Configuration], list[str]]:
         """The grid as configurations, plus one note per combination left out and why."""
@@ -100,7 +102,7 @@ class Configuration:
         mode = self.runs[0].option_dict.get("mode")
         return (
             f"{' vs '.join(self.models)} · {self.runtime}/{self.device}{' ' + mode if mode else ''} {self.precision} · "
-            f"b{s.batch} in{s.input_len} out{s.output_len}"
+            f"b{s.batch} {s.input_key} out{s.output_len}"
         )
 
     def cost(self) -> float:
@@ -126,6 +128,7 @@ _TOP = {
     "repetitions": "a table",
     "limits": "a table",
     "options": "a table",
+    "text": "a table",
 }
 _GRID_LISTS = {
     "models": str,
@@ -139,6 +142,7 @@ _GRID_LISTS = {
 _GRID_OTHER = ("threads", "pair_models")
 _REPS = ("warmup", "min_reps", "min_time_s", "max_reps", "seed", "target_ci")
 _LIMITS = ("timeout_s", "memory_limit_gb")
+_TEXT = ("prompt", "prompts")
 
 
 def _where(path: str, key: str) -> str:
@@ -197,7 +201,7 @@ def known_runtimes() -> tuple[str, ...]:
     return tuple(sorted({*RUNNERS, *(r for runtimes in DEFAULT_RUNTIMES.values() for r in runtimes)}))
 
 
-def _grid(path: str, table) -> Grid:
+def _grid(path: str, table, text: bool = False) -> Grid:
     from slmbench.models import PRESETS, resolve_model
     from slmbench.models.config import ConfigError
     from slmbench.runners import DEVICES
@@ -205,7 +209,7 @@ def _grid(path: str, table) -> Grid:
     if not isinstance(table, dict):
         raise SweepFileError(f"{_where(path, 'grid')} must be a table ([grid]), got {table!r}")
     _unknown(path, "grid", table, (*_GRID_LISTS, *_GRID_OTHER))
-    for required in ("models", "input_lens", "output_lens"):
+    for required in ("models", "output_lens") if text else ("models", "input_lens", "output_lens"):
         if required not in table:
             raise SweepFileError(f"{_where(path, 'grid.' + required)} is missing; it is required")
     values = {k: _list(path, f"grid.{k}", table[k], kind) for k, kind in _GRID_LISTS.items() if k in table}
@@ -272,6 +276,23 @@ def _repetitions(path: str, table) -> RunSettings:
         return RunSettings(**table)
     except InvalidOption as exc:
         raise SweepFileError(f"{_where(path, 'repetitions')}: {exc}") from None
+
+
+def _text(path: str, table) -> tuple[str, ...] | None:
+    """[text]: `prompt = "..."` or `prompts = "FILE"` (relative to the sweep file); None without it."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise SweepFileError(f"{_where(path, 'text')} must be a table ([text]), got {table!r}")
+    _unknown(path, "text", table, _TEXT)
+    if len(table) != 1 or not isinstance(value := next(iter(table.values())), str) or not value.strip():
+        raise SweepFileError(f"{_where(path, '[text]')} needs exactly one of prompt = \"TEXT\" or prompts = \"FILE\"")
+    try:
+        if "prompt" in table:
+            return (value,)
+        return read_prompts(Path(path).parent / value if path else Path(value))
+    except InvalidOption as exc:
+        raise SweepFileError(f"{_where(path, 'text')}: {exc}") from None
 
 
 def _limits(path: str, table) -> Limits:
@@ -346,7 +367,8 @@ def parse_sweep(data: dict, path: str = "", default_name: str = "sweep") -> Swee
             f"{_where(path, '[grid]')} is missing; a sweep needs at least grid.models, "
             "grid.input_lens and grid.output_lens"
         )
-    grid = _grid(path, data["grid"])
+    prompts = _text(path, data.get("text"))
+    grid = _grid(path, data["grid"], text=prompts is not None)
     return Sweep(
         name=name,
         grid=grid,
@@ -355,6 +377,7 @@ def parse_sweep(data: dict, path: str = "", default_name: str = "sweep") -> Swee
         options=_options(path, data.get("options", {})),
         description=data.get("description", ""),
         source=path,
+        text=None if prompts is None else Text(prompts, fit=bool(grid.input_lens)),
     )
 
 
@@ -421,16 +444,17 @@ def model_units(models: tuple[str, ...], pair: bool) -> list[tuple[str, ...]]:
     return units
 
 
-def _fits(models: tuple[str, ...], settings: RunSettings) -> str:
-    """Empty if every model holds the lengths, else why not."""
+def _model_settings(model: str, settings: RunSettings) -> RunSettings | str:
+    """The model's settings (under a text as is, its own token count of it), or why it cannot hold them."""
     from slmbench.models import resolve_model
 
-    for model in models:
-        try:
-            settings.check_fits(model, resolve_model(model).config)
-        except InvalidOption as exc:
-            return str(exc)
-    return ""
+    spec = resolve_model(model)
+    try:
+        settings = settings.for_model(spec)
+        settings.check_fits(model, spec.config)
+    except InvalidOption as exc:
+        return str(exc)
+    return settings
 
 
 def expand(sweep: Sweep) -> tuple[list[Configuration], list[str]]:
@@ -466,34 +490,33 @@ def expand(sweep: Sweep) -> tuple[list[Configuration], list[str]]:
                 continue
             for batch in g.batch_sizes:
                 for output_len in g.output_lens:
-                    for input_len in g.input_lens:
+                    for input_len in g.input_lens or (None,):  # None: the text as is
                         settings = RunSettings(
                             **{
                                 **asdict(reps),
                                 "batch": batch,
-                                "input_len": input_len,
+                                "input_len": input_len or RunSettings.input_len,
                                 "output_len": output_len,
+                                "text": sweep.text,
                             }
                         )
                         for whole in units:
-                            unit = []
+                            unit = {}
                             for model in whole:  # a pair whose partner cannot hold the lengths runs alone
-                                why = _fits((model,), settings)
-                                if why:
-                                    note = (
-                                        f"left out {model} at input {input_len}, output {output_len}: {why}"
-                                    )
+                                mine = _model_settings(model, settings)
+                                if isinstance(mine, str):
+                                    shape = "the text" if input_len is None else f"input {input_len}"
+                                    note = f"left out {model} at {shape}, output {output_len}: {mine}"
                                     if note not in notes:
                                         notes.append(note)
                                 else:
-                                    unit.append(model)
+                                    unit[model] = mine
                             if not unit:
                                 continue
-                            unit = tuple(unit)
                             fitted_any.update({("input_lens", input_len), ("output_lens", output_len)})
                             options = dict(dict(sweep.options).get(runtime, ()))
-                            runs = tuple(RunConfig.create(m, device, runtime, precision, settings, threads, options)
-                                         for m in unit)
+                            runs = tuple(RunConfig.create(m, device, runtime, precision, mine, threads, options)
+                                         for m, mine in unit.items())
                             configs.append(Configuration(runs, memory, sweep.name))
     for key, values in (("input_lens", g.input_lens), ("output_lens", g.output_lens)):
         for v in values:
