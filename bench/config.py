@@ -191,11 +191,17 @@ class RunConfig:
         available), the physical-core thread count, and the runner's option defaults for the device
         and shapes (one runtime's options never enter another's key)."""
         from slmbench.host.cpus import default_threads
+        from slmbench.models.byo import byo_format
         from slmbench.runners import RUNNERS, select_runner
 
         settings = settings or RunSettings()
+        fmt = byo_format(model)  # a user's own export runs on the runtime that reads its format
         if runtime is None:
-            runtime = select_runner(device, None).runtime
+            runtime = select_runner(device, None, fmt).runtime
+        elif fmt and runtime in RUNNERS and RUNNERS[runtime].artifact_format != fmt:
+            readers = [n for n, c in RUNNERS.items() if c.artifact_format == fmt]
+            raise InvalidOption(f"{model} is an {fmt} export: {runtime} cannot run it; use --runtime "
+                                f"{' or '.join(readers)}")
         if threads is None:
             threads = default_threads()
         opts = dict(options or {})

@@ -13,8 +13,13 @@ __all__ = ["ArchConfig", "Family", "ModelSpec", "PRESETS", "get_preset", "resolv
 
 
 def resolve_model(name: str, seed: int = 0, trust_remote_code: bool | None = None) -> ModelSpec:
-    """A preset name, or `hf:PATH_OR_ID` for a Hugging Face checkpoint (resolved by models/hf.py;
-    `trust_remote_code` None means the SLMBENCH_TRUST_REMOTE_CODE environment variable decides)."""
+    """A preset name, `hf:PATH_OR_ID` for a Hugging Face checkpoint (resolved by models/hf.py;
+    `trust_remote_code` None means the SLMBENCH_TRUST_REMOTE_CODE environment variable decides), or
+    `onnx:DIR` / `ov:DIR` for the user's own optimum export (models/byo.py)."""
+    from slmbench.models.byo import byo_format, resolve_byo
+
+    if byo_format(name):
+        return resolve_byo(name)
     if name.startswith("hf:"):
         from slmbench.models.hf import resolve_hf
 

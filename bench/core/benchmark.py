@@ -150,9 +150,20 @@ def result_row(config: RunConfig, subject: Subject, loaded: Loaded, group: str, 
                   "reused": loaded.reused, "export_seconds": artifact.manifest.get("export_seconds"),
                   "opset": artifact.manifest.get("opset"),
                   "parity_max_abs_diff": (artifact.manifest["parity"] or {}).get("max_abs_diff"),
-                  "weight_bytes": artifact.weight_bytes, "variant": artifact.manifest.get("variant")},
+                  "weight_bytes": artifact.weight_bytes, "variant": artifact.manifest.get("variant"),
+                  **_own_export(artifact.manifest)},
         roofline=roofline, compute_roofline=compute, **({"text": inputs.text} if inputs and inputs.text else {}),
         **fields)
+
+
+def _own_export(manifest: dict) -> dict:
+    """What a row says of a user's own export (`onnx:DIR`, `ov:DIR`; slmbench.exporters.byo): its
+    layout, every file's size and SHA-256, and whether its graphs were checked against PyTorch
+    ("ok") or could not be, the folder holding no weights ("unchecked"). Our own exports: "ok"."""
+    if "layout" not in manifest:
+        return {"parity": "ok" if manifest.get("parity") else None}
+    return {"parity": manifest["parity_status"], "layout": manifest["layout"]["kind"],
+            "files": manifest["source_files"], "check_record": manifest.get("record")}
 
 
 def _labels(configs: Sequence[RunConfig]) -> list[str]:

@@ -205,17 +205,20 @@ _PRECISION_ORDER = {"fp32": 0, "bf16": 1, "fp16": 2, "int8": 3, "int4": 4}
 
 def accuracy_rows(data: ReportData) -> pd.DataFrame:
     """Each artifact's logit error against fp32 PyTorch (teacher-forced), once per model, runtime and
-    precision: what a lower precision costs in accuracy, beside what it buys in speed."""
+    precision: what a lower precision costs in accuracy, beside what it buys in speed. A user's own
+    export without checkpoint weights (`onnx:DIR`, `ov:DIR`) could not be checked: its parity says
+    "unchecked"."""
     seen, out = set(), []
     for r in data.rows:
         acc, recipe = r.get("accuracy") or {}, r.get("precision_recipe") or {}
+        status = (r.get("artifact") or {}).get("parity") or ("ok" if acc else None)
         key = (r.get("model"), r.get("runtime"), r.get("precision"), (r.get("artifact") or {}).get("key"))
-        if not acc or key in seen:
+        if status is None or key in seen:
             continue
         seen.add(key)
         rel, agree = acc.get("relative_max_abs_diff"), acc.get("token_agreement")
         out.append({
-            "model": r["model"], "runtime": r["runtime"], "precision": r["precision"],
+            "model": r["model"], "runtime": r["runtime"], "precision": r["precision"], "parity": status,
             "max abs Δlogit": f"{acc['max_abs_diff']:.2e}" if acc.get("max_abs_diff") is not None else "-",
             "÷ logit std": f"{rel:.3f}" if rel is not None else "-",
             "token agreement": f"{agree:.1%}" if agree is not None else "-",
@@ -494,7 +497,7 @@ def print_summary(console, built: BuiltReport) -> None:
     for line in claims_text(data):
         console.print(line.replace("**", ""))
     accuracy = accuracy_rows(data)
-    if not accuracy.empty and set(accuracy["precision"]) != {"fp32"}:
+    if not accuracy.empty and (set(accuracy["precision"]) != {"fp32"} or set(accuracy["parity"]) != {"ok"}):
         console.print(table(accuracy, "logit error against fp32 PyTorch (teacher-forced)"))
     if not data.failed.empty:
         console.print(table(_failed_table(data), "failed configurations (not plotted)"))

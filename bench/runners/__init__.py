@@ -31,8 +31,9 @@ def runtimes_for(device: str) -> list[str]:
     return [r for r in DEFAULT_RUNTIMES.get(device, ()) if r in RUNNERS and device in RUNNERS[r].devices]
 
 
-def select_runner(device: str, runtime: str | None) -> type[Runner]:
-    """The runner class for a device (and optional runtime), or a one-line error saying why not."""
+def select_runner(device: str, runtime: str | None, artifact_format: str | None = None) -> type[Runner]:
+    """The runner class for a device (and optional runtime), or a one-line error saying why not.
+    `artifact_format` keeps only the runtimes that read it (a user's own export: models/byo.py)."""
     if device not in DEVICES:
         raise InvalidOption(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
     if runtime is not None:
@@ -45,7 +46,7 @@ def select_runner(device: str, runtime: str | None) -> type[Runner]:
         if not found.ok:
             raise DeviceUnavailable(f"{runtime} on {device} is unavailable: {found.reason}")
         return cls
-    candidates = runtimes_for(device)
+    candidates = [r for r in runtimes_for(device) if artifact_format in (None, RUNNERS[r].artifact_format)]
     reasons = []
     for name in candidates:
         found = RUNNERS[name].availability(device)

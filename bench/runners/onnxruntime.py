@@ -6,6 +6,11 @@ mask once per request. Only the in-graph argmax (`next_token`, bound to host mem
 the host per step; logits stay on the device. Run() synchronises the execution provider before it
 returns (ONNX Runtime's default), so a returned token is final. The empty past takes the dtype
 the decoder graph declares, so fp16 artifacts work unchanged.
+
+The user's own optimum exports (`onnx:DIR`, slmbench.exporters.byo) run on the same sessions and
+bindings; their manifest's `layout` says what each input is fed (attention mask, positions, the
+merged decoder's branch flag), which graph runs a step, and how present K/V map onto past inputs.
+Their graphs have no in-graph argmax: the last position's logits come to the host for it.
 """
 
 from __future__ import annotations
@@ -51,6 +56,12 @@ class OnnxRuntimeRunner(Runner):
 
     def prepare(self, spec, precision, cache_dir=None, force=False):
         from slmbench.exporters.onnx import onnx_artifact
+        from slmbench.models.byo import byo_format
+
+        if byo_format(spec.name):
+            from slmbench.exporters.byo import byo_artifact
+
+            return byo_artifact(spec, precision, self._parity_session, cache_dir, force)
         from slmbench.exporters.quantize_onnx import quantized_onnx_artifact
 
         if precision == "fp32":
@@ -77,22 +88,36 @@ class OnnxRuntimeRunner(Runner):
         check_provider(provider, got)
         return session
 
+    @staticmethod
+    def _parity_session(artifact):
+        """The candidate side of a user export's parity check: this runner's own bindings, on CPU."""
+        runner = OnnxRuntimeRunner("cpu", 1)
+        runner.load(artifact)
+        return runner
+
     def load(self, artifact) -> LoadInfo:
         import onnxruntime as ort
 
         self.threads = self.threads or default_threads()
         manifest = artifact.manifest
         self.kv = manifest["kv"]
+        self.layout = manifest.get("layout")
         started = time.perf_counter()
         self.decoder = self._session(artifact.graph_path("decoder"))
         self.encoder = self._session(artifact.graph_path("encoder")) if "encoder" in manifest["graphs"] else None
+        self.first = self._session(artifact.graph_path("first")) if "first" in manifest["graphs"] else None
         compile_s = time.perf_counter() - started
         self.graphs = manifest["graphs"]
         self.ort_device = "cuda" if self.device == "cuda" else "cpu"
         self.binding = self.decoder.io_binding()
-        self.past_names = [n for n in self.graphs["decoder"]["inputs"] if n.startswith("past_")]
+        if self.layout:
+            self.sessions = {"decoder": self.decoder, "first": self.first}
+            self._bindings = {role: s.io_binding() for role, s in self.sessions.items() if s is not None}
+            self.past_names = [p for graph in ("decoder", "first") if graph in self.graphs
+                               for p, _ in self.graphs[graph]["self_kv"] if p]
+        else:
+            self.past_names = [n for n in self.graphs["decoder"]["inputs"] if n.startswith("past_")]
         self.kv_dtype = past_dtype(self.decoder, self.past_names)
-        self.present_names = [n for n in self.graphs["decoder"]["outputs"] if n.startswith("present_")]
         info = {"providers": self.decoder.get_providers(), "kv_dtype": np.dtype(self.kv_dtype).name}
         if self.device == "cuda":
             from slmbench.runners.cuda import cuda_device_info, ort_cuda_build
@@ -115,6 +140,10 @@ class OnnxRuntimeRunner(Runner):
 
     def start(self, input_ids: np.ndarray, max_new_tokens: int) -> None:
         batch = input_ids.shape[0]
+        if self.layout:
+            self._empty = self._ortvalue(np.zeros((batch, self.kv["kv_heads"], 0, self.kv["head_dim"]), self.kv_dtype))
+            self._cache, self._cross, self._fixed, self._past_len = {}, {}, {}, 0
+            return
         b = self.binding
         b.clear_binding_inputs()
         b.clear_binding_outputs()
@@ -134,6 +163,8 @@ class OnnxRuntimeRunner(Runner):
 
     def encode(self, input_ids: np.ndarray) -> None:
         mask = np.ones_like(input_ids)
+        if self.layout:
+            return self._encode_layout(input_ids, mask)
         enc = self.encoder.io_binding()
         enc.bind_cpu_input("input_ids", input_ids)
         enc.bind_cpu_input("attention_mask", mask)
@@ -148,6 +179,8 @@ class OnnxRuntimeRunner(Runner):
                 self.binding.bind_ortvalue_input(name, value)
 
     def decode(self, input_ids: np.ndarray) -> np.ndarray:
+        if self.layout:
+            return self._decode_layout(input_ids)
         b = self.binding
         if input_ids.shape[1] == 1 and self._step_value is not None:
             self._step_ids[...] = input_ids  # the bound OrtValue shares this buffer: no rebinding
@@ -161,11 +194,66 @@ class OnnxRuntimeRunner(Runner):
         self._bind_outputs()
         return outputs[1].numpy()
 
+    # ---- the user's own exports (manifest["layout"], slmbench.exporters.byo) ----
+
+    def _encode_layout(self, input_ids: np.ndarray, mask: np.ndarray) -> None:
+        enc = self.encoder.io_binding()
+        enc.bind_cpu_input("input_ids", input_ids)
+        enc.bind_cpu_input("attention_mask", mask)
+        hidden = self.graphs["encoder"]["hidden"]
+        enc.bind_output(hidden, self.ort_device)
+        self.encoder.run_with_iobinding(enc)
+        enc.synchronize_outputs()  # the encoder time ends when its outputs are ready
+        self._fixed = {"encoder_hidden": enc.get_outputs()[0], "encoder_mask": self._ortvalue(mask)}
+
+    def _decode_layout(self, input_ids: np.ndarray) -> np.ndarray:
+        """One step over the user's graphs: the graph for this step, its inputs by role, the KV cache
+        moved from present outputs to past inputs as OrtValues that stay on the run device."""
+        from slmbench.exporters.byo import last_token, step_feeds, step_graph
+
+        role = step_graph(self.layout, self._past_len)
+        graph, session, b = self.graphs[role], self.sessions[role], self._bindings[role]
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
+        batch, new = input_ids.shape
+        b.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids))
+        for name, array in step_feeds(graph, batch, self._past_len, new).items():
+            b.bind_cpu_input(name, array)
+        for name, what in graph["feeds"].items():
+            if what in self._fixed:
+                b.bind_ortvalue_input(name, self._fixed[what])
+        for past, present in graph["self_kv"]:
+            if past:
+                b.bind_ortvalue_input(past, self._cache.get(present, self._empty))
+        for past, present in graph["cross_in"]:
+            b.bind_ortvalue_input(past, self._cross.get(present, self._empty))
+        first = self._past_len == 0
+        wanted = [graph["logits"], *(p for _, p in graph["self_kv"]), *(graph["cross_out"] if first else ())]
+        for name in wanted:
+            b.bind_output(name, "cpu" if name == graph["logits"] else self.ort_device)
+        session.run_with_iobinding(b)
+        out = dict(zip(wanted, b.get_outputs(), strict=True))
+        for _, present in graph["self_kv"]:
+            self._cache[present] = out[present]
+        if first:
+            self._cross = {name: out[name] for name in graph["cross_out"]}
+        self._past_len += new
+        self._logits = out[graph["logits"]].numpy()
+        return last_token(self._logits)
+
+    def logits(self) -> np.ndarray:
+        """The last step's logits at its last position, float32 (the parity check's candidate side)."""
+        return self._logits[:, -1, :].astype(np.float32)
+
     def bare_generate(self, input_ids: np.ndarray, output_len: int, start_token: int = 0):
         """The floor for harness overhead (slmbench.tools.overhead): the generation measure.generate does,
         on the same session, binding and buffers, as a plain loop of ONNX Runtime's own calls with
         nothing of the harness between them. Its bindings must stay in step with decode().
         Returns (timestamps_ns from t_0, encoder end or None, tokens), what measure.generate times."""
+        if self.layout:
+            from slmbench.errors import InvalidOption
+
+            raise InvalidOption("the bare loop for harness overhead exists for slmbench's own exports only")
         self.start(input_ids, output_len)  # untimed per-request set-up, as for the harness
         b, run, clock = self.binding, self.decoder.run_with_iobinding, time.perf_counter_ns
         past, step_ids, step_value = self.past_names, self._step_ids, self._step_value
@@ -201,7 +289,7 @@ class OnnxRuntimeRunner(Runner):
         return [s - t0 for s in stamps], None if encoder_end is None else encoder_end - t0, tokens
 
     def close(self) -> None:
-        self.decoder = self.encoder = self.binding = None
+        self.decoder = self.encoder = self.first = self.binding = None
 
 
 def check_provider(requested: str, got: list[str]) -> None:
