@@ -125,7 +125,9 @@ def result_row(config: RunConfig, subject: Subject, loaded: Loaded, group: str, 
         warnings.append(f"oversubscribed: {config.threads} runtime threads on the {allowed} CPUs this process may "
                         "use; threads wait for each other, so times are not this machine's best")
     roofline = compute = None
-    store = artifact.path.parent if artifact.path else default_cache_dir()
+    # where machine readings are kept: the artifact cache, never beside a user's own export
+    record = artifact.manifest.get("record")
+    store = Path(record).parent if record else artifact.path.parent if artifact.path else default_cache_dir()
     if config.precision in BYTES_PER_PARAM and not config.loop:  # overhead loops: no ceiling needed
         roofline = row_roofline(mean_decode_bytes(spec.config, config.precision, s.input_len, s.output_len),
                                 config.threads, store, (metrics.get("decode_tps") or {}).get("median"), batch)
