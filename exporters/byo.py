@@ -296,13 +296,15 @@ def _check(spec, steps: Steps, precision: str) -> Callable:
     return check
 
 
-def byo_artifact(spec, precision: str, steps: Steps, cache_dir=None, force: bool = False) -> tuple[Artifact, bool]:
+def byo_artifact(spec, precision: str, steps: Steps, cache_dir=None, force: bool = False,
+                 mode: str | None = None) -> tuple[Artifact, bool]:
     """The user's folder as an Artifact with a checked layout (and parity, where it holds weights).
-    Returns (artifact, reused); the artifact's path is the user's folder, untouched."""
+    Returns (artifact, reused); the artifact's path is the user's folder, untouched. `mode`: the
+    OpenVINO mode that runs it, recorded in the variant as for our own IRs."""
     if precision not in FLOATS.values():
         raise InvalidOption(f"{spec.name} is run as exported; --precision {precision} would need a new export "
                             f"(quantize it yourself); give the graphs' own precision ({', '.join(FLOATS.values())})")
-    variant = {"precision": precision, "byo": spec.artifact_format}
+    variant = {"precision": precision, "byo": spec.artifact_format, **({"mode": mode} if mode else {})}
     record, reused = ensure_artifact(spec, f"byo-{spec.artifact_format}", variant, _check(spec, steps, precision),
                                      code_digest(__file__, parity.__file__), cache_dir, force)
     folder = Path(spec.path)

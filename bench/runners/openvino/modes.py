@@ -20,9 +20,12 @@ from slmbench.errors import InvalidOption
 from slmbench.exporters import openvino as ov_exporter
 from slmbench.exporters import static as static_exporter
 from slmbench.exporters.artifact import Artifact, ArtifactError
+from slmbench.exporters.byo import byo_artifact
 from slmbench.exporters.compress_openvino import compressed_openvino_artifact
 from slmbench.exporters.precision import check_supported
+from slmbench.models.byo import byo_format
 from slmbench.runners.openvino import npuw
+from slmbench.runners.openvino.layout import LayoutSession
 from slmbench.runners.openvino.npuw import NpuwSession
 from slmbench.runners.openvino.stateful import StatefulSession
 from slmbench.runners.openvino.static import StaticSession
@@ -78,6 +81,9 @@ class Mode:
         raise NotImplementedError
 
     def prepare(self, spec, precision: str, cache_dir=None, force: bool = False) -> tuple[Artifact, bool]:
+        if byo_format(spec.name):
+            raise InvalidOption(f"{spec.name} runs as exported, in mode stateful; mode {self.name} needs "
+                                "graphs slmbench exports itself (use a preset or hf:DIR)")
         return self.artifact(spec, precision, cache_dir, force, *self.shapes())
 
     # ---- running it ----
@@ -123,6 +129,13 @@ class Stateful(Mode):
     def export(cls, spec, cache_dir, force, prompt_len, response_len):
         return ov_exporter.stateful_artifact(spec, cls.session, cache_dir, force)
 
+    def prepare(self, spec, precision, cache_dir=None, force=False):
+        """A user's own IR (`ov:DIR`) is read in place; its parity check runs this mode's session."""
+        if byo_format(spec.name):
+            steps = lambda artifact: ov_exporter.exact_session(artifact.path, artifact.manifest, self.session)
+            return byo_artifact(spec, precision, steps, cache_dir, force, mode=self.name)
+        return super().prepare(spec, precision, cache_dir, force)
+
     def kv_config(self) -> dict:
         return {"KV_CACHE_PRECISION": self.kv_precision}
 
@@ -138,6 +151,8 @@ class Stateful(Mode):
 
     @staticmethod
     def session(compiled, manifest):
+        if "layout" in manifest:  # a user's own IR (slmbench.exporters.byo)
+            return LayoutSession(compiled, manifest)
         return StatefulSession(compiled["decoder"], compiled.get("encoder"), manifest["kv"],
                                manifest["graphs"]["decoder"]["inputs"])
 
