@@ -320,7 +320,7 @@ def run(model_names, device, runtimes, precision, input_len, output_len, prompt,
     from slmbench.core.benchmark import run_benchmark
     from slmbench.models import resolve_model
     from slmbench.prompts import text_of
-    from slmbench.report.terminal import pair_ratios, ratio_table, runtime_table, summary_table, text_table
+    from slmbench.report.terminal import pair_ratios, ratio_table, runtime_table, summary_table, text_tables
     from slmbench.results import append_rows, check_writable
 
     text = text_of(prompt, prompts_file, fit=input_len is not None)
@@ -350,8 +350,8 @@ def run(model_names, device, runtimes, precision, input_len, output_len, prompt,
         console.print(ratio_table(ratios))
     if len({r["runtime"] for r in rows}) > 1:
         console.print(runtime_table(rows))
-    if text is not None:
-        console.print(text_table(rows))
+    for table in text_tables(rows):
+        console.print(table)
     for row in rows:
         for warning in row["warnings"]:
             console.print(f"[yellow]warning[/yellow] {row['model']}: {warning}")

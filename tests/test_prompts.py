@@ -161,11 +161,21 @@ def test_run_with_a_prompt_across_tokenizers(folders, cache_dir, tmp_path):
     by = {r["model"]: r for r in rows}
     assert by[t5]["text"]["input_tokens"] != by[llama]["text"]["input_tokens"]
     assert by[t5]["input_len"] == by[t5]["text"]["input_tokens"][0]
+    assert f"{by[t5]['input_len']} · {by[llama]['input_len']}/3" in result.output  # the pair: each model's tokens
     for row in rows:
         assert row["text"]["id"] == Text((PROMPT,)).id and row["text"]["tokenizer"]["file"] == "tokenizer.json"
         rates = text_rates(row)
         assert rates["read_chars_per_s"] == pytest.approx(len(PROMPT) / row["metrics"]["ttft_s"]["median"])
     assert len(same_run_pairs(rows)) == 1  # the pair is matched on the text, not the token count
+    report = CliRunner().invoke(cli, ["report", str(results), "--out", str(tmp_path / "report")])
+    assert report.exit_code == 0, report.output
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    section = markdown.split("## Matched text")[1].split("\n## ")[0]
+    assert "token counts differ between tokenizers" in section and Text((PROMPT,)).id in section
+    for row in rows:  # each model's own token count beside its per-character rate
+        line = next(x for x in section.splitlines() if x.startswith(f"| {row['model']} |"))
+        assert f"| {row['text']['input_tokens'][0]:,} |" in line
+        assert f"| {text_rates(row)['read_chars_per_s']:,.0f} |" in line
 
 
 def test_run_with_a_prompt_file_fitted_to_tokens(folders, cache_dir, tmp_path):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from slmbench.core.metrics import DO, ED, Pair, latest_pairs, row_repetitions, same_run_pairs
+from slmbench.core.metrics import DO, ED, Pair, latest_pairs, row_repetitions, row_stat, same_run_pairs, text_rates
 from slmbench.core.stats import ratio_ci
 from slmbench.host.environment import machine_of
 from slmbench.results import flatten
@@ -70,6 +70,43 @@ def token_latencies(row: dict) -> pd.DataFrame:
     )
 
 
+def in_out(input_ed: int, input_do: int, output: int) -> str:
+    """A pair's lengths, "512/128"; a text as is gives each tokenizer its own input count, both
+    shown (the encoder-decoder's first): "41 · 73/128"."""
+    return f"{input_ed}/{output}" if input_ed == input_do else f"{input_ed} · {input_do}/{output}"
+
+
+def text_groups(rows: list[dict]) -> list[tuple[str, pd.DataFrame]]:
+    """Rows fed text, one group per text and machine: a title saying what the text was (and that
+    token counts differ, when the tokenizers disagree), and per row its tokens beside the
+    per-character and per-word rates that compare one text across tokenizers
+    (slmbench.core.metrics.text_rates; the decode ones are estimates at the input's characters per
+    token)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("status") == "ok" and r.get("text"):
+            groups.setdefault((r["text"].get("id"), machine_of(r)["id"]), []).append(r)
+    out = []
+    for members in groups.values():
+        text, lines = members[0]["text"], []
+        for r in members:
+            rates = text_rates(r) or {}
+            lines.append({"model": r["model"], "runtime": r["runtime"], "precision": r.get("precision"),
+                          "input": r["text"].get("input"),
+                          "tokens": rates.get("input_tokens"), "chars/token": rates.get("characters_per_token"),
+                          "ttft_s": row_stat(r, "ttft_s"), "read chars/s": rates.get("read_chars_per_s"),
+                          "read words/s": rates.get("read_words_per_s"), "decode tok/s": row_stat(r, "decode_tps"),
+                          "decode chars/s": rates.get("decode_chars_per_s"),
+                          "decode words/s": rates.get("decode_words_per_s")})
+        frame = pd.DataFrame(lines)
+        counts = {round(t) for t in frame["tokens"].dropna()}
+        title = (f"text {text.get('id')} on {_machine(members[0])}: {text.get('prompts')} prompt(s), "
+                 f"{text.get('characters')} characters, {text.get('words')} words, {text.get('fit')}"
+                 + ("; token counts differ between tokenizers: compare per character" if len(counts) > 1 else ""))
+        out.append((title, frame))
+    return out
+
+
 def _machine(row: dict) -> str:
     return machine_of(row)["name"]
 
@@ -118,7 +155,8 @@ def _ratio_frame(pairs: list[Pair], platforms: dict) -> pd.DataFrame:
             "device": do["device"], "machine": _machine(do), "platform": platforms[(do["device"], _machine(do))],
             "runtime": do["runtime"], "precision": do["precision"], "mode": do.get("mode"),
             "threads": do.get("threads"), "batch": do["batch"], "input_len": do["input_len"],
-            "output_len": do["output_len"], "group": do.get("group"), "timestamp": do.get("timestamp"),
+            "input_len_ed": ed["input_len"], "output_len": do["output_len"], "group": do.get("group"),
+            "timestamp": do.get("timestamp"),
             "ttft_ed_s": float(np.median(a["ttft_s"])), "ttft_do_s": float(np.median(b["ttft_s"])),
             "tps_ed": float(np.nanmedian(a["decode_tps"])), "tps_do": float(np.nanmedian(b["decode_tps"])),
             "ttft_ratio": t, "ttft_reduction_pct": 100 * (1 - t),

@@ -15,7 +15,15 @@ import numpy as np
 import pandas as pd
 
 from slmbench.errors import BenchError
-from slmbench.report.frames import PAPER_NOTE, PAPER_THROUGHPUT_RATIO, PAPER_TTFT_REDUCTION_PCT, ReportData, build
+from slmbench.report.frames import (
+    PAPER_NOTE,
+    PAPER_THROUGHPUT_RATIO,
+    PAPER_TTFT_REDUCTION_PCT,
+    ReportData,
+    build,
+    in_out,
+    text_groups,
+)
 from slmbench.report.terminal import fmt_s
 from slmbench.results import read_rows
 
@@ -85,7 +93,8 @@ def ratio_rows(data: ReportData) -> pd.DataFrame:
             "precision": r["precision"],
             "mode": r["mode"].fillna("-"),
             "threads": r["threads"],
-            "in/out": r["input_len"].astype(str) + "/" + r["output_len"].astype(str),
+            "in/out": [in_out(e, d, o) for e, d, o in zip(r["input_len_ed"], r["input_len"], r["output_len"],
+                                                           strict=True)],
             "TTFT ed": r["ttft_ed_s"].map(fmt_s),
             "TTFT do": r["ttft_do_s"].map(fmt_s),
             "TTFT reduction [95% CI]": [
@@ -370,6 +379,23 @@ def _failed_table(data: ReportData) -> pd.DataFrame:
     )
 
 
+def text_sections(data: ReportData) -> list[str]:
+    """The matched-text tables: one per text and machine, per-token beside per-character rates."""
+    parts = []
+    for title, frame in text_groups(data.rows):
+        shown = frame.assign(
+            tokens=frame["tokens"].map(lambda v: f"{v:,.0f}"),
+            **{"chars/token": frame["chars/token"].map(lambda v: f"{v:.2f}"),
+               "TTFT p50": frame["ttft_s"].map(fmt_s),
+               **{c: frame[c].map(lambda v: "-" if v is None or v != v else f"{v:,.0f}")
+                  for c in ("read chars/s", "read words/s", "decode chars/s", "decode words/s")},
+               "decode tok/s": frame["decode tok/s"].map(lambda v: "-" if v is None or v != v else f"{v:.1f}")})
+        shown = shown[["model", "runtime", "precision", "input", "tokens", "chars/token", "TTFT p50", "read chars/s",
+                       "read words/s", "decode tok/s", "decode chars/s", "decode words/s"]]
+        parts += [f"### {title[0].upper()}{title[1:]}\n", _md_table(shown)]
+    return parts
+
+
 def _machines_table(data: ReportData) -> pd.DataFrame:
     m = data.machines
     if m.empty:
@@ -395,12 +421,20 @@ def render_markdown(
         "Each pair's repetitions were interleaved in one process, so machine drift hits both alike; "
         "ratios are of medians, with 95% bootstrap CIs from the raw per-repetition timestamps "
         "(each side resampled independently). TTFT reduction = 1 - TTFT(ed) / TTFT(do); throughput "
-        "ratio = decode tok/s (ed) / decode tok/s (do).\n",
+        "ratio = decode tok/s (ed) / decode tok/s (do); in/out are tokens (under a text as is, each "
+        "tokenizer's own count: the encoder-decoder's · the decoder-only's).\n",
         _md_table(ratio_rows(data)),
         "\n## Against the paper's claims\n",
         f"{PAPER_NOTE}. Absolute times here are context only; the ratios are what compare across machines.\n",
     ]
     parts += [f"- {line}" for line in claims_text(data)]
+    if texts := text_sections(data):
+        parts += ["\n## Matched text: the same prompts through each model's own tokenizer\n",
+                  "Models with different tokenizers read one text in different numbers of tokens, so per-token "
+                  "rates compare different amounts of text; per-character and per-word rates compare the same. "
+                  "Reading: the input's characters (words) per second of TTFT. Decoding: decode tok/s at the "
+                  "input's characters (words) per token, an estimate (random-weight models generate no text of "
+                  "their own to count).\n", *texts]
     parts.append("\n## Figures\n")
     for name, png in figures.items():
         rel = f"{figures_rel}/{png.name}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from slmbench.core.metrics import row_stat, same_run_pairs, text_rates
+from slmbench.core.metrics import row_stat, same_run_pairs
 
 
 def fmt_s(value: float | None) -> str:
@@ -58,7 +58,8 @@ def pair_ratios(rows: list[dict]) -> list[dict]:
         out.append({
             "encoder_decoder": ed["model"], "decoder_only": do["model"], "runtime": ed["runtime"],
             "device": ed["device"], "precision": ed.get("precision"), "mode": ed.get("mode"),
-            "threads": ed.get("threads"), "input_len": ed["input_len"], "output_len": ed["output_len"],
+            "threads": ed.get("threads"), "input_len": ed["input_len"], "input_len_do": do["input_len"],
+            "output_len": ed["output_len"],
             "ttft_reduction_pct": 100 * (1 - ttft_ed / ttft_do) if ttft_ed and ttft_do else None,
             "throughput_ratio": tps_ed / tps_do if tps_ed and tps_do else None,
         })
@@ -66,6 +67,8 @@ def pair_ratios(rows: list[dict]) -> list[dict]:
 
 
 def ratio_table(ratios: list[dict]) -> Table:
+    from slmbench.report.frames import in_out
+
     table = Table(title="encoder-decoder vs decoder-only (same run, interleaved; paper: 47% lower TTFT, "
                         "4.7x throughput)", title_justify="left")
     for col in ("encoder-decoder", "decoder-only", "runtime/device", "precision", "mode", "threads", "in/out",
@@ -75,7 +78,8 @@ def ratio_table(ratios: list[dict]) -> Table:
         red, x = r["ttft_reduction_pct"], r["throughput_ratio"]
         table.add_row(r["encoder_decoder"], r["decoder_only"], f"{r['runtime']}/{r['device']}",
                       str(r.get("precision") or "-"), str(r.get("mode") or "-"), str(r.get("threads") or "-"),
-                      f"{r['input_len']}/{r['output_len']}", f"{red:.0f}%" if red is not None else "-",
+                      in_out(r["input_len"], r["input_len_do"], r["output_len"]),
+                      f"{red:.0f}%" if red is not None else "-",
                       f"{x:.2f}x" if x is not None else "-")
     return table
 
@@ -99,29 +103,26 @@ def runtime_table(rows: list[dict]) -> Table:
     return table
 
 
-def text_table(rows: list[dict]) -> Table:
+def text_tables(rows: list[dict]) -> list[Table]:
     """A run fed text: each model's tokens of it beside per-character and per-word rates, the only
-    ones that compare the same text across tokenizers (slmbench.core.metrics.text_rates)."""
-    ok = [r for r in rows if r.get("status") == "ok" and r.get("text")]
-    counts = {round(t["input_tokens"]) for r in ok if (t := text_rates(r))}
-    text = ok[0]["text"] if ok else {}
-    title = (f"matched text {text.get('id')}: {text.get('prompts')} prompt(s), {text.get('characters')} characters, "
-             f"{text.get('words')} words, {text.get('fit')}"
-             + ("; token counts differ between tokenizers: compare per character" if len(counts) > 1 else ""))
-    table = Table(title=title, title_justify="left")
-    for col in ("model", "runtime", "input", "tokens", "chars/token", "TTFT p50", "read chars/s", "read words/s",
-                "decode tok/s", "decode chars/s*", "decode words/s*"):
-        table.add_column(col, justify="left" if col in ("model", "runtime", "input") else "right")
-    num = lambda v, f="{:,.0f}": "-" if v is None else f.format(v)
-    for r in ok:
-        rates = text_rates(r) or {}
-        table.add_row(r["model"], r["runtime"], r["text"].get("input", "-"), num(rates.get("input_tokens")),
-                      num(rates.get("characters_per_token"), "{:.2f}"), fmt_s(row_stat(r, "ttft_s")),
-                      num(rates.get("read_chars_per_s")), num(rates.get("read_words_per_s")),
-                      num(row_stat(r, "decode_tps"), "{:.1f}"), num(rates.get("decode_chars_per_s")),
-                      num(rates.get("decode_words_per_s")))
-    table.caption = "* decode tok/s at the input's characters (words) per token under each model's tokenizer"
-    return table
+    ones that compare the same text across tokenizers (slmbench.report.frames.text_groups)."""
+    from slmbench.report.frames import text_groups
+
+    num = lambda v, f="{:,.0f}": "-" if v is None or v != v else f.format(v)
+    tables = []
+    for title, frame in text_groups(rows):
+        table = Table(title=f"matched {title}", title_justify="left")
+        for col in ("model", "runtime", "input", "tokens", "chars/token", "TTFT p50", "read chars/s", "read words/s",
+                    "decode tok/s", "decode chars/s*", "decode words/s*"):
+            table.add_column(col, justify="left" if col in ("model", "runtime", "input") else "right")
+        for r in frame.to_dict("records"):
+            table.add_row(r["model"], r["runtime"], r["input"] or "-", num(r["tokens"]),
+                          num(r["chars/token"], "{:.2f}"), fmt_s(r["ttft_s"]), num(r["read chars/s"]),
+                          num(r["read words/s"]), num(r["decode tok/s"], "{:.1f}"), num(r["decode chars/s"]),
+                          num(r["decode words/s"]))
+        table.caption = "* decode tok/s at the input's characters (words) per token under each model's tokenizer"
+        tables.append(table)
+    return tables
 
 
 def _gflops(value: float) -> str:
