@@ -283,7 +283,10 @@ def _check(spec, steps: Steps, precision: str) -> Callable:
                            "seq_axis": 2, "layout": ["batch", "kv_heads", "seq", "head_dim"]},
                     "exporter": f"none: the user's own {layout['kind']} export, read in place",
                     "source_files": spec.files, "weight_bytes": graph_bytes(folder, layout),
-                    "parity_status": "unchecked", "parity": None}
+                    "parity_status": "unchecked", "parity": None,
+                    "precision_recipe": {"precision": precision, "format": spec.artifact_format,
+                                         "tool": "the user's own export", "weights": "as exported",
+                                         "note": f"{precision} read from the graphs' logits type"}}
         if spec.has_weights:
             artifact = Artifact(folder, {**manifest, "variant": variant, "family": cfg.family.value})
             session = steps(artifact)
