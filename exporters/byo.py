@@ -43,7 +43,7 @@ ONNX_LAYOUTS = {
                                                      "decoder": "decoder_with_past_model.onnx"},
 }
 OV_LAYOUTS = {
-    "decoder-only, stateful": {"decoder": "openvino_model.xml"},
+    "decoder-only": {"decoder": "openvino_model.xml"},
     "encoder-decoder, decoder + decoder with past": {"encoder": "openvino_encoder_model.xml",
                                                      "first": "openvino_decoder_model.xml",
                                                      "decoder": "openvino_decoder_with_past_model.xml"},
@@ -119,13 +119,14 @@ def _found(folder: Path, fmt: str) -> str:
     return ", ".join(names) if names else f"no {ext} file"
 
 
-def _choose(folder: Path, fmt: str) -> tuple[str, dict]:
-    """The first layout (in LAYOUTS order) whose files are all in the folder."""
+def _choose(folder: Path, fmt: str, cfg) -> tuple[str, dict]:
+    """The first layout of the config's family (in LAYOUTS order) whose files are all in the folder."""
+    family = cfg.family.value
     for kind, files in LAYOUTS[fmt].items():
-        if all((folder / f).is_file() for f in files.values()):
+        if kind.startswith(family) and all((folder / f).is_file() for f in files.values()):
             return kind, files
-    raise ArtifactError(f"{folder}: found {_found(folder, fmt)}; supported {fmt} layouts (optimum exports): "
-                        f"{supported_text(fmt)}")
+    raise ArtifactError(f"{folder}: found {_found(folder, fmt)} for a model that config.json says is {family}; "
+                        f"supported {fmt} layouts (optimum exports): {supported_text(fmt)}")
 
 
 # ---- recognising the layout ----------------------------------------------------------------------
@@ -194,11 +195,7 @@ def _decoder_graph(folder, fmt, file, cfg, inputs, outputs, states, role) -> dic
 def read_layout(folder: Path, fmt: str, cfg) -> dict:
     """The folder's layout: graphs by role, each with what its inputs are fed. Raises ArtifactError
     (one line) naming what was found and what is supported."""
-    kind, files = _choose(folder, fmt)
-    family = "encoder-decoder" if cfg.is_encoder_decoder else "decoder-only"
-    if not kind.startswith(family):
-        raise ArtifactError(f"{folder}: config.json describes a {family} model ({cfg.family.value}) but the folder "
-                            f"holds the {kind} layout ({', '.join(files.values())})")
+    kind, files = _choose(folder, fmt, cfg)
     read = onnx_ports if fmt == "onnx" else ov_ports
     graphs, dtypes = {}, set()
     for role, file in files.items():
@@ -220,6 +217,8 @@ def read_layout(folder: Path, fmt: str, cfg) -> dict:
         graphs[role] = graph
     if len(dtypes) != 1 or next(iter(dtypes)) not in FLOATS:
         raise ArtifactError(f"{folder}: logits of type {sorted(dtypes)}; supported: {', '.join(FLOATS)}")
+    if fmt == "openvino" and not cfg.is_encoder_decoder:
+        kind += ", stateful" if graphs["decoder"]["states"] else ", without states"
     return {"kind": kind, "format": fmt, "graphs": graphs, "precision": FLOATS[dtypes.pop()],
             "cross_kv": "first decoder step" if cfg.is_encoder_decoder else None}
 

@@ -172,7 +172,8 @@ BAD = {
     "no config.json": ("llama/onnx", "onnx", lambda f: (f / "config.json").unlink(), ["has no config.json"]),
     "config of another family": ("llama/onnx", "onnx",
                                  lambda f: shutil.copy(FIXTURES / "t5/onnx/config.json", f / "config.json"),
-                                 ["config.json describes a encoder-decoder", "decoder-only layout"]),
+                                 ["found model.onnx for a model that config.json says is encoder-decoder",
+                                  "encoder_model.onnx + decoder_model_merged.onnx"]),
     "layers disagree with config.json": ("llama/ov", "onnx", None, None),  # replaced below
     "unsupported model type": ("llama/onnx", "onnx", lambda f: _config(f, model_type="gpt2"),
                                ["architecture 'gpt2' is not supported"]),
