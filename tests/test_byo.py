@@ -199,3 +199,23 @@ def test_bad_folders_are_one_line(case, cache_dir, tmp_path):
 ])
 def test_bad_options_for_an_own_export_are_one_line(args, expected, cache_dir):
     _one_line_error(_run(args, cache_dir), *expected)
+
+
+def test_a_prompt_goes_through_the_folders_own_tokenizer(cache_dir, tmp_path):
+    """optimum copies the tokenizer into the export; `--prompt` reads it from there, as for hf:."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    folder = _copy(tmp_path, "llama/onnx")
+    text = "the encoder reads the prompt once and the decoder attends to it"
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([text], trainers.WordLevelTrainer(special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
+    tok.save(str(folder / "tokenizer.json"))
+    results = tmp_path / "rows.jsonl"
+    result = CliRunner().invoke(cli, [*RUN[:1], "-o", "3", "--warmup", "0", "--min-reps", "2", "--min-time", "0",
+                                      "-m", f"onnx:{folder}", "--prompt", text, "--cache-dir", str(cache_dir),
+                                      "--results", str(results)])
+    assert result.exit_code == 0, result.output
+    (row,) = [json.loads(line) for line in results.read_text().splitlines()]
+    assert row["text"]["characters"] == len(text) and row["artifact"]["parity"] == "ok"
+    assert "tokenizer.json" in row["artifact"]["files"]
