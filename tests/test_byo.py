@@ -42,6 +42,15 @@ def _copy(tmp_path: Path, fixture: str, name: str = "model") -> Path:
     return Path(shutil.copytree(FIXTURES / fixture, tmp_path / "user" / name))
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """The fixtures copied once for the tests that leave them as they are: their check records (layout,
+    parity) are made by the first run and reused by the next, as a user's second run would."""
+    root = tmp_path_factory.mktemp("shared")
+    return lambda fixture: (Path(shutil.copytree(FIXTURES / fixture, root / "user" / fixture))
+                            if not (root / "user" / fixture).exists() else root / "user" / fixture)
+
+
 def _snapshot(root: Path) -> dict:
     """Every file under `root`: its bytes' SHA-256 and its mtime (nothing may be written there)."""
     return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
@@ -78,10 +87,11 @@ def test_the_spec_comes_from_config_json_and_hashes_every_file(tmp_path):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_run_measures_the_users_export_in_place(case, cache_dir, tmp_path):
+def test_run_measures_the_users_export_in_place(case, cache_dir, shared, tmp_path):
     fixture, prefix, runtime, family, layout = CASES[case]
-    folder = _copy(tmp_path, fixture)
-    before = _snapshot(tmp_path / "user")
+    folder = shared(fixture)
+    user = folder.parents[1]
+    before = _snapshot(user)
     results = tmp_path / "rows.jsonl"
     name = f"{prefix}:{folder}"
     result = _run(["-m", name], cache_dir, results)
@@ -96,15 +106,16 @@ def test_run_measures_the_users_export_in_place(case, cache_dir, tmp_path):
     artifact = row["artifact"]
     assert artifact["parity"] == "ok" and artifact["layout"] == layout and artifact["path"] == str(folder)
     assert row["accuracy"]["passed"] and row["accuracy"]["max_abs_diff"] < 1e-4
-    assert {f"model/{n}": f["sha256"] for n, f in artifact["files"].items()} == {n: h for n, (h, _) in before.items()}
-    assert _snapshot(tmp_path / "user") == before  # nothing copied into, written beside or changed in the folder
-    assert not [p for p in (tmp_path / "user").iterdir() if p.name != "model"]
+    assert {f"{fixture}/{n}": f["sha256"] for n, f in artifact["files"].items()} == {
+        n: h for n, (h, _) in before.items() if n.startswith(f"{fixture}/")}
+    assert _snapshot(user) == before  # nothing copied into, written beside or changed in the folders
+    assert {p.name for p in user.iterdir()} <= {"llama", "t5"}
 
 
-def test_an_onnx_export_and_its_checkpoint_pair_as_the_same_configuration(cache_dir, tmp_path):
+def test_an_onnx_export_and_its_checkpoint_pair_as_the_same_configuration(cache_dir, shared, tmp_path):
     """The folder optimum wrote beside the weights is also an hf: checkpoint: both measured in one run
     (interleaved), their rows share every key field but the model, and carry the same fields."""
-    folder = _copy(tmp_path, "llama/onnx")
+    folder = shared("llama/onnx")
     results = tmp_path / "rows.jsonl"
     result = _run(["-m", f"hf:{folder}", "-m", f"onnx:{folder}"], cache_dir, results)
     assert result.exit_code == 0, result.output
