@@ -486,7 +486,12 @@ def sweep(sweep_file, results, force, timeout, memory_limit, ray_address, cache_
 
 @cli.group()
 def farm():
-    """A farm of hosts on Ray for `slmbench sweep FILE --ray` (README, section Farm)."""
+    """A farm of hosts on Ray for `slmbench sweep FILE --ray` (README, "A device farm").
+
+    \b
+    Example:
+      slmbench farm join --head && slmbench sweep quick --ray
+    """
 
 
 @farm.command("join")

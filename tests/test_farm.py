@@ -9,24 +9,51 @@ differ in their resources too: only node "a" advertises OpenVINO, and neither ha
 import subprocess
 import sys
 import time
+import tomllib
 
 import psutil
 import pytest
+from click.testing import CliRunner
 
+from slmbench.cli import cli
 from slmbench.host.environment import machine_identity
+from slmbench.report.frames import build
 from slmbench.results import read_rows
 from slmbench.sweep.files import parse_sweep
 from slmbench.sweep.run import SweepInterrupted, run_sweep
 
-GRID = {"models": ["mu-tiny", "deconly-tiny"], "input_lens": [16, 32], "output_lens": [6],
-        "devices": ["cpu", "cuda"], "runtimes": ["onnxruntime"]}
-FAST = {"warmup": 0, "min_reps": 2, "min_time_s": 0.0, "max_reps": 5}
 SLOW = {"warmup": 0, "min_reps": 40, "min_time_s": 3.0, "max_reps": 400}  # long enough to be killed mid-way
 
 
-def farm_sweep(tmp_path, repetitions=FAST):
-    return parse_sweep({"name": "farm", "grid": GRID, "repetitions": repetitions,
-                        "limits": {"timeout_s": 120, "memory_limit_gb": 8}}, str(tmp_path / "farm.toml"))
+TOML = """
+name = "farm"
+[grid]
+models = ["mu-tiny", "deconly-tiny"]
+input_lens = [16, 32]
+output_lens = [6]
+devices = ["cpu", "cuda"]
+runtimes = ["onnxruntime"]
+[repetitions]
+warmup = 0
+min_reps = 2
+min_time_s = 0.0
+max_reps = 5
+[limits]
+timeout_s = 120
+memory_limit_gb = 8
+"""
+
+
+def ray_address() -> str:
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+def farm_sweep(tmp_path, **repetitions):
+    """The tiny pair at two input lengths on CPU and CUDA (which no node has), quick repetitions."""
+    data = tomllib.loads(TOML)
+    return parse_sweep({**data, "repetitions": {**data["repetitions"], **repetitions}}, str(tmp_path / "farm.toml"))
 
 
 def node_resources(openvino: bool) -> dict:
@@ -117,9 +144,16 @@ def test_the_grid_splits_across_both_nodes_and_equals_a_local_sweep(farm, tmp_pa
     # CUDA: no node has it, said once, nothing submitted; the local sweep says the same of this host.
     assert len(out.skipped) == 1 and "onnxruntime on cuda" in out.skipped[0] and "no node of the farm" in out.skipped[0]
     assert len(local.skipped) == 1 and "cuda" in local.skipped[0]
-    # Resume: each machine's measurements are its own, and the farm skips what its machines measured.
-    again = run_farm_sweep(farm_sweep(tmp_path), tmp_path / "farm.jsonl", cache_dir=cache_dir)
-    assert again.done_before == 2 and again.measured == 0 and len(read_rows([tmp_path / "farm.jsonl"])) == 4
+    # The report over the farm's rows: the machines side by side, a panel per device and machine.
+    data = build(farm_rows)
+    assert len(data.machines) == 2 and set(data.configs["platform"]) == {f"cpu @ {m}" for m in data.machines["machine"]}
+    # Resume, through the CLI: the farm skips what its machines measured (each machine's rows are its own).
+    sweep_file = tmp_path / "farm.toml"
+    sweep_file.write_text(TOML)
+    out = CliRunner().invoke(cli, ["sweep", str(sweep_file), "--results", str(tmp_path / "farm.jsonl"),
+                                   "--cache-dir", str(cache_dir), "--ray", ray_address()])
+    assert out.exit_code == 0, out.output
+    assert "2 already done" in out.output and len(read_rows([tmp_path / "farm.jsonl"])) == 4
 
 
 def test_ctrl_c_keeps_returned_rows_cancels_the_rest_and_resume_finishes(farm, tmp_path, cache_dir):
@@ -132,12 +166,12 @@ def test_ctrl_c_keeps_returned_rows_cancels_the_rest_and_resume_finishes(farm, t
 
     seen = Recorder(on_finished=interrupt)
     with pytest.raises(SweepInterrupted):
-        run_farm_sweep(farm_sweep(tmp_path, {**FAST, "min_reps": 3}), results, cache_dir=cache_dir,
+        run_farm_sweep(farm_sweep(tmp_path, min_reps=3), results, cache_dir=cache_dir,
                        progress=seen.progress)
     kept = read_rows([results])
     assert 2 <= len(kept) <= 4 and all(r["status"] == "ok" for r in kept)  # one pair, or both if they ended together
     assert len({r["key"] for r in kept}) == len(kept)
-    rest = run_farm_sweep(farm_sweep(tmp_path, {**FAST, "min_reps": 3}), results, cache_dir=cache_dir)
+    rest = run_farm_sweep(farm_sweep(tmp_path, min_reps=3), results, cache_dir=cache_dir)
     rows = read_rows([results])
     assert rest.done_before == len(kept) // 2 and rest.measured == 2 - len(kept) // 2
     assert len(rows) == 4 and len({r["key"] for r in rows}) == 4  # nothing lost, nothing twice
@@ -157,7 +191,7 @@ def test_a_node_lost_mid_configuration_gives_a_failed_row_and_one_retry_elsewher
 
     seen = Recorder(on_running=kill_b)
     results = tmp_path / "r.jsonl"
-    out = run_farm_sweep(farm_sweep(tmp_path, SLOW), results, cache_dir=cache_dir, progress=seen.progress)
+    out = run_farm_sweep(farm_sweep(tmp_path, **SLOW), results, cache_dir=cache_dir, progress=seen.progress)
     rows = read_rows([results])
     failed = [r for r in rows if r["status"] == "failed"]
     assert b_name and len(failed) == 2, [r.get("error") for r in failed]  # the pair b was measuring
@@ -184,9 +218,6 @@ def test_sweep_ray_without_ray_says_how_to_install_it(tmp_path):
 def test_farm_join_prints_the_ray_start_line_from_this_hosts_devices():
     import json
 
-    from click.testing import CliRunner
-
-    from slmbench.cli import cli
     from slmbench.runners import device_table
 
     out = CliRunner().invoke(cli, ["farm", "join", "head:6379", "--print"])

@@ -48,6 +48,7 @@ INSTALL = "pip install 'slmbench[farm]'"
 SLOT = "slmbench-slot"
 POLL_S = 0.5  # how often the driver looks at the farm (progress, lost nodes)
 PROBE_TIMEOUT_S = 120.0
+CONNECT_TIMEOUT_S = 5.0
 # Ray's errors that mean the process running a configuration is gone (not that the configuration failed).
 LOST = ("NodeDiedError", "LocalRayletDiedError", "WorkerCrashedError", "ObjectLostError", "OwnerDiedError",
         "ObjectReconstructionFailedError")
@@ -177,7 +178,7 @@ def discover(ray) -> list[Node]:
     alive = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(SLOT)]
     if not alive:
         raise FarmError("no node of the Ray cluster advertises slmbench resources; join each host with "
-                        "`slmbench farm join ADDRESS` (README, section Farm)")
+                        "`slmbench farm join ADDRESS` (README, section 'A device farm')")
     probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
     refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
             for n in alive]
@@ -196,14 +197,32 @@ def as_on(config: Configuration, node: Node, follow_threads: bool) -> Configurat
     return config.on_host(node.threads if follow_threads else None, None)
 
 
-def _connect(ray, address: str):
+def _reachable(address: str) -> str:
+    """Why HOST:PORT cannot be reached, or empty: ray.init retries an unreachable head for minutes."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not host or not port.isdigit():
+        return ""  # auto finds the local cluster (or fails at once); ray:// is Ray Client's
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return ""
+
+
+def _connect(ray, address: str) -> bool:
+    """Connect this driver to the farm (quietly); False when it already was (the caller keeps it)."""
     if ray.is_initialized():
         return False
+    fix = "start one with `slmbench farm join --head` (README, section 'A device farm')"
+    if why := _reachable(address):
+        raise FarmError(f"cannot reach the Ray cluster at {address!r}: {why}; {fix}")
     try:
-        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise FarmError(f"cannot connect to the Ray cluster at {address!r}: {' '.join(str(exc).split())[:300]}; "
-                        "start one with `slmbench farm join --head` (README, section Farm)") from None
+                        f"{fix}") from None
     return True
 
 
