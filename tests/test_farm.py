@@ -61,10 +61,15 @@ def node_resources(openvino: bool) -> dict:
     return {**res, "slmbench-cpu-openvino": 1} if openvino else res
 
 
-def ray_processes() -> list[int]:
-    names = ("raylet", "gcs_server")
-    return [p.pid for p in psutil.process_iter(["name", "cmdline"])
-            if any(n in (p.info["name"] or "") for n in names)]
+def alive(processes) -> list[str]:
+    out = []
+    for proc in processes:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(f"{proc.pid} {proc.name()}")
+        except psutil.NoSuchProcess:
+            pass
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +89,13 @@ def farm(cache_dir):
     try:
         yield cluster, nodes
     finally:
+        started = psutil.Process().children(recursive=True)  # the cluster's processes, workers included
         ray.shutdown()
         cluster.shutdown()
         deadline = time.monotonic() + 15
-        while ray_processes() and time.monotonic() < deadline:
+        while alive(started) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not ray_processes(), "a Ray process survived the farm"
+        assert not alive(started), f"Ray processes survived the farm: {alive(started)}"
 
 
 def label(row) -> str:

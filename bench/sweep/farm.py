@@ -198,7 +198,8 @@ def as_on(config: Configuration, node: Node, follow_threads: bool) -> Configurat
 
 
 def _reachable(address: str) -> str:
-    """Why HOST:PORT cannot be reached, or empty: ray.init retries an unreachable head for minutes."""
+    """Why HOST:PORT cannot be reached, or empty: ray.init retries an unreachable head for minutes
+    (docs/environment.md)."""
     import socket
 
     host, _, port = address.rpartition(":")
@@ -323,7 +324,10 @@ class _Farm:
         return as_on(task.config, node, self.follow[0]) if node else task.config
 
     def node_of(self, task: _Task, board: dict) -> Node | None:
-        return self.nodes.get((board.get(task.token) or {}).get("node"))
+        node_id = (board.get(task.token) or {}).get("node")
+        if node_id and node_id not in self.nodes:  # a host that joined during the sweep: probe the farm again
+            self.nodes.update({n.node_id: n for n in discover(self.ray)})
+        return self.nodes.get(node_id)
 
     def show(self, board: dict) -> None:
         for task in self.pending.values():
