@@ -50,10 +50,11 @@ def ray_address() -> str:
     return ray.get_runtime_context().gcs_address
 
 
-def farm_sweep(tmp_path, **repetitions):
+def farm_sweep(tmp_path, grid=None, **repetitions):
     """The tiny pair at two input lengths on CPU and CUDA (which no node has), quick repetitions."""
     data = tomllib.loads(TOML)
-    return parse_sweep({**data, "repetitions": {**data["repetitions"], **repetitions}}, str(tmp_path / "farm.toml"))
+    return parse_sweep({**data, "grid": {**data["grid"], **(grid or {})},
+                        "repetitions": {**data["repetitions"], **repetitions}}, str(tmp_path / "farm.toml"))
 
 
 def node_resources(openvino: bool) -> dict:
@@ -90,6 +91,7 @@ def farm(cache_dir):
         yield cluster, nodes
     finally:
         started = psutil.Process().children(recursive=True)  # the cluster's processes, workers included
+        assert any("raylet" in p.name() for p in started)
         ray.shutdown()
         cluster.shutdown()
         deadline = time.monotonic() + 15
@@ -163,24 +165,25 @@ def test_the_grid_splits_across_both_nodes_and_equals_a_local_sweep(farm, tmp_pa
 
 
 def test_ctrl_c_keeps_returned_rows_cancels_the_rest_and_resume_finishes(farm, tmp_path, cache_dir):
+    """Three pairs on two nodes, Ctrl-C when the first returns: the third cannot have finished."""
     from slmbench.sweep.farm import run_farm_sweep
 
     results = tmp_path / "r.jsonl"
+    three = {"input_lens": [16, 32, 64]}
 
     def interrupt(machine, config, ok):
         raise KeyboardInterrupt
 
     seen = Recorder(on_finished=interrupt)
     with pytest.raises(SweepInterrupted):
-        run_farm_sweep(farm_sweep(tmp_path, min_reps=3), results, cache_dir=cache_dir,
-                       progress=seen.progress)
+        run_farm_sweep(farm_sweep(tmp_path, three, min_reps=3), results, cache_dir=cache_dir, progress=seen.progress)
     kept = read_rows([results])
-    assert 2 <= len(kept) <= 4 and all(r["status"] == "ok" for r in kept)  # one pair, or both if they ended together
-    assert len({r["key"] for r in kept}) == len(kept)
-    rest = run_farm_sweep(farm_sweep(tmp_path, min_reps=3), results, cache_dir=cache_dir)
+    assert len(kept) in (2, 4) and all(r["status"] == "ok" for r in kept)  # the first pair (and the second's, if it
+    assert len({r["key"] for r in kept}) == len(kept)                      # returned in the same instant)
+    rest = run_farm_sweep(farm_sweep(tmp_path, three, min_reps=3), results, cache_dir=cache_dir)
     rows = read_rows([results])
-    assert rest.done_before == len(kept) // 2 and rest.measured == 2 - len(kept) // 2
-    assert len(rows) == 4 and len({r["key"] for r in rows}) == 4  # nothing lost, nothing twice
+    assert rest.done_before == len(kept) // 2 and rest.measured == 3 - len(kept) // 2
+    assert len(rows) == 6 and len({r["key"] for r in rows}) == 6  # nothing lost, nothing twice
 
 
 def test_a_node_lost_mid_configuration_gives_a_failed_row_and_one_retry_elsewhere(farm, tmp_path, cache_dir):
