@@ -237,3 +237,20 @@ def test_farm_join_prints_the_ray_start_line_from_this_hosts_devices():
     assert resources["slmbench-slot"] == 1 and expected <= set(resources) and "slmbench-cpu" in resources
     bad = CliRunner().invoke(cli, ["farm", "join"])
     assert bad.exit_code == 2 and "--head" in bad.output
+
+
+def test_a_machine_label_joins_the_identity_only_when_set(monkeypatch):
+    from slmbench.host import environment as env_module
+
+    env = {k: v for k, v in env_module.environment().items() if k != "machine_label"}
+    assert "machine_label" not in env_module.fingerprint(env)  # unlabelled identities are what they were
+    labelled = machine_identity({**env, "machine_label": "node-x"})
+    assert labelled["id"] != machine_identity(env)["id"] and ".node-x" in labelled["name"]
+    monkeypatch.setenv(env_module.LABEL_ENV, "node-x")
+    env_module.environment.cache_clear()
+    try:
+        assert env_module.this_machine() == labelled
+        assert env_module.environment()["machine_label"] == "node-x"
+    finally:
+        monkeypatch.delenv(env_module.LABEL_ENV)
+        env_module.environment.cache_clear()

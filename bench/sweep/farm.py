@@ -455,7 +455,7 @@ class RichFarmProgress(FarmProgress):
     def finished(self, machine, config, cost, ok, error):
         self.sweep.done += 1
         self.bar.update(self.sweep.task, advance=cost, done=self.sweep.done)
-        if machine in self.nodes or machine != "?":
+        if machine != "?":  # a node seen (a task that never began has none)
             self.done[machine] = self.done.get(machine, 0) + 1
             self.bar.update(self._line(machine), done=self.done[machine], now="")
         took = time.monotonic() - self.began.pop(config.label, time.monotonic())
