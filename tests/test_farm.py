@@ -214,6 +214,32 @@ def test_a_node_lost_mid_configuration_gives_a_failed_row_and_one_retry_elsewher
     assert any("again elsewhere" in line for line in seen.logs)
 
 
+def test_the_last_node_with_a_device_lost_fails_its_configuration_and_skips_the_rest(farm, tmp_path, cache_dir):
+    """After the test above: node c alone has PyTorch; lost mid-configuration, nothing waits forever."""
+    from slmbench.sweep.farm import run_farm_sweep
+
+    cluster, nodes = farm
+    torch_only = {"slmbench-slot": 1, "slmbench-cpu": 1, "slmbench-cpu-torch": 1}
+    nodes["c"] = cluster.add_node(num_cpus=0, resources=torch_only,
+                                  env_vars={"SLMBENCH_CACHE_DIR": str(cache_dir), "SLMBENCH_MACHINE_LABEL": "node-c"})
+    killed = []
+
+    def kill_c(machine, config, text):
+        if "node-c" in machine and text and not killed:
+            killed.append(machine)
+            cluster.remove_node(nodes["c"], allow_graceful=False)
+
+    seen = Recorder(on_running=kill_c)
+    out = run_farm_sweep(farm_sweep(tmp_path, {"runtimes": ["torch"], "devices": ["cpu"]}, **SLOW),
+                         tmp_path / "r.jsonl", cache_dir=cache_dir, progress=seen.progress)
+    rows = read_rows([tmp_path / "r.jsonl"])
+    assert killed and len(rows) == 2 and all(r["status"] == "failed" for r in rows)  # the pair c was measuring
+    assert all(r["failure"]["kind"] == "node_lost" and not r["failure"]["retried"] for r in rows)
+    assert {label(r) for r in rows} == {"node-c"} and out.failed == 1 and out.measured == 0
+    assert any("no other node has torch on cpu" in line for line in seen.logs)
+    assert len(out.skipped) == 1 and "1 configurations of torch on cpu" in out.skipped[0]
+
+
 def test_sweep_ray_without_ray_says_how_to_install_it(tmp_path):
     """Ray hidden from a fresh interpreter: one line, exit 2, no traceback."""
     code = ("import sys; sys.modules['ray'] = None\n"
