@@ -308,10 +308,14 @@ class _Farm:
     def run(self, tasks: list[_Task]) -> None:
         for task in tasks:
             self.submit(task)
+        board: dict = {}
         try:
             while self.pending:
                 ready, _ = self.ray.wait(list(self.pending), num_returns=len(self.pending), timeout=POLL_S)
-                board = self.ray.get(self.board.read.remote())
+                try:
+                    board = self.ray.get(self.board.read.remote(), timeout=10)
+                except Exception:  # noqa: BLE001 - the board only shows progress; the last view serves
+                    pass
                 self.show(board)
                 for ref in ready:
                     self.collect(ref, board)
@@ -400,7 +404,8 @@ class _Farm:
     def interrupt(self) -> None:
         """Ctrl-C: keep whatever already returned, cancel the rest (their processes die with them)."""
         try:
-            ready, _ = self.ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)
+            refs = list(self.pending)
+            ready = self.ray.wait(refs, num_returns=len(refs), timeout=0)[0] if refs else []
             for ref in ready:
                 self.pending.pop(ref)
                 try:
