@@ -424,9 +424,12 @@ def _bounded_interrupt():
               help="Seconds one configuration may take, export included (default: the file's timeout_s).")
 @click.option("--memory-limit", type=float, default=None,
               help="GiB of address space per configuration (default: the file's, else the RAM on CPU).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS|auto]",
+              help="Run across a farm of hosts on Ray (the Ray cluster at ADDRESS, default auto): each configuration "
+                   "on a node that has its device, rows appended here (extra: pip install 'slmbench[farm]').")
 @_cache_option
 @_trust_option
-def sweep(sweep_file, results, force, timeout, memory_limit, cache_dir):
+def sweep(sweep_file, results, force, timeout, memory_limit, ray_address, cache_dir):
     """Run a sweep file: each configuration in its own process, resumable, crash- and hang-proof.
 
     SWEEP_FILE is a TOML path or a shipped sweep: quick, paper-cpu, paper-gpu, paper-npu,
@@ -440,6 +443,7 @@ def sweep(sweep_file, results, force, timeout, memory_limit, cache_dir):
       slmbench sweep quick
       slmbench sweep paper-cpu                   # -> results/paper-cpu/results.jsonl
       slmbench sweep my-grid.toml --results results/mine.jsonl --timeout 600
+      slmbench sweep paper-cpu --ray head-host:6379   # across the farm (slmbench farm join)
     """
     from slmbench.report.terminal import pair_ratios, ratio_table, summary_table
     from slmbench.sweep.files import check_memory_limit, check_timeout, load_sweep
@@ -449,12 +453,23 @@ def sweep(sweep_file, results, force, timeout, memory_limit, cache_dir):
         check_timeout(timeout)
     if memory_limit is not None:
         check_memory_limit(memory_limit)
+    if ray_address is not None:
+        from slmbench.sweep.farm import require_ray
+
+        require_ray()  # before the sweep file: without Ray, say how to install it
     plan = load_sweep(sweep_file)
     results = results or Path("results") / plan.name / "results.jsonl"
     console = _console()
     try:
-        with _bounded_interrupt(), RichSweepProgress(console) as progress:
-            outcome = run_sweep(plan, results, force, timeout, memory_limit, cache_dir, progress)
+        if ray_address is not None:
+            from slmbench.sweep.farm import RichFarmProgress, run_farm_sweep
+
+            with _bounded_interrupt(), RichFarmProgress(console) as progress:
+                outcome = run_farm_sweep(plan, results, ray_address, force, timeout, memory_limit, cache_dir,
+                                         progress)
+        else:
+            with _bounded_interrupt(), RichSweepProgress(console) as progress:
+                outcome = run_sweep(plan, results, force, timeout, memory_limit, cache_dir, progress)
     except SweepInterrupted as exc:
         click.echo(str(exc), err=True)
         sys.exit(130)
@@ -467,6 +482,50 @@ def sweep(sweep_file, results, force, timeout, memory_limit, cache_dir):
                   f"absent; {len(outcome.rows)} rows appended to {outcome.results}")
     if outcome.failed:
         sys.exit(1)
+
+
+@cli.group()
+def farm():
+    """A farm of hosts on Ray for `slmbench sweep FILE --ray` (README, "A device farm").
+
+    \b
+    Example:
+      slmbench farm join --head && slmbench sweep quick --ray
+    """
+
+
+@farm.command("join")
+@click.argument("address", required=False)
+@click.option("--head", is_flag=True, help="Start the farm's head on this host instead of joining one.")
+@click.option("--print", "print_only", is_flag=True, help="Print the `ray start` line instead of running it.")
+def farm_join(address, head, print_only):
+    """Join this host to a farm at ADDRESS (or start the head), advertising its devices as Ray resources.
+
+    The resources come from `slmbench devices`: one slmbench-slot (one measurement at a time per host),
+    slmbench-<device> and slmbench-<device>-<runtime> for each available pair.
+
+    \b
+    Examples:
+      slmbench farm join --head                 # on the head host
+      slmbench farm join head-host:6379         # on every other host
+      slmbench farm join head-host:6379 --print # the ray start line, to run it yourself
+    """
+    import shlex
+    import shutil
+    import subprocess
+
+    from slmbench.errors import InvalidOption
+    from slmbench.sweep.farm import join_command, require_ray
+
+    if head == bool(address):
+        raise InvalidOption("give the head's ADDRESS to join a farm, or --head to start one (not both)")
+    command = join_command(None if head else address)
+    if print_only:
+        click.echo(shlex.join(command))
+        return
+    require_ray()
+    ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    sys.exit(subprocess.call([ray_cli, *command[1:]]))
 
 
 @cli.command()

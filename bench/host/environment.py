@@ -6,6 +6,10 @@ transparent-huge-page mode, Python and package versions, slmbench commit) and `m
 name that differs whenever the fingerprints do. Two VMs may share a hostname (`vm`) and still be
 different machines; resume, report and `compare` match on the fingerprint, never on the host.
 The slmbench commit is not part of it: a code change is what a benchmark measures, not a machine.
+
+SLMBENCH_MACHINE_LABEL, when set, is an operator's label that joins the fingerprint: for measuring
+nodes that would otherwise read as one machine, such as two Ray nodes of a farm started on one host
+(slmbench.sweep.farm; its test runs two on one VM). Unset, every identity is what it always was.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+LABEL_ENV = "SLMBENCH_MACHINE_LABEL"
 PACKAGES = ("slmbench", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf", "transformers",
             "numpy")
 
@@ -91,6 +96,7 @@ def environment() -> dict:
         "python": platform.python_version(),
         "packages": _versions(),
         "slmbench_commit": _git_commit(),
+        **({"machine_label": label} if (label := os.environ.get(LABEL_ENV, "").strip()) else {}),
     }
 
 
@@ -108,6 +114,8 @@ def fingerprint(env: dict) -> dict:
     out["packages"] = {k: v for k, v in (env.get("packages") or {}).items() if k != "slmbench"}
     if out["memory_bytes"] is not None:
         out["memory_bytes"] = int(out["memory_bytes"]) >> 20 << 20
+    if env.get("machine_label"):  # only when set, so that unlabelled identities never change
+        out["machine_label"] = env["machine_label"]
     return out
 
 
@@ -122,8 +130,10 @@ def machine_identity(env: dict) -> dict:
     """{"id": sha256 of the fingerprint (16 hex), "name": 'host-cpu-abcdef'}; the name carries the
     id's first six digits, so two machines never share a name even when host and CPU do."""
     digest = hashlib.sha256(json.dumps(fingerprint(env), sort_keys=True).encode()).hexdigest()[:16]
-    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in str((env or {}).get("host") or "unknown"))
-    return {"id": digest, "name": f"{host[:24]}-{_cpu_short((env or {}).get('cpu'))}-{digest[:6]}"}
+    env = env or {}
+    named = str(env.get("host") or "unknown") + (f".{env['machine_label']}" if env.get("machine_label") else "")
+    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in named)
+    return {"id": digest, "name": f"{host[:24]}-{_cpu_short(env.get('cpu'))}-{digest[:6]}"}
 
 
 def this_machine() -> dict:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from slmbench.config import LIMITS, RunConfig, RunSettings
@@ -112,6 +112,13 @@ class Configuration:
         s = self.settings
         params = sum(resolve_model(m).parameters for m in self.models)
         return params * s.batch * (s.input_len / 8 + s.output_len) * (1 + s.warmup + s.min_reps)
+
+    def on_host(self, threads: int | None, memory_limit_gb: float | None) -> Configuration:
+        """The same configuration as another host runs it: its own thread count (when the grid left
+        threads to the machine; the keys follow) and memory limit (when no limit was set)."""
+        runs = self.runs if threads is None else tuple(replace(r, threads=threads) for r in self.runs)
+        return replace(self, runs=runs, memory_limit_gb=self.memory_limit_gb if memory_limit_gb is None
+                       else memory_limit_gb)
 
     def to_job(self) -> dict:
         return {"runs": [r.to_dict() for r in self.runs], "memory_limit_gb": self.memory_limit_gb,
@@ -457,6 +464,16 @@ def _model_settings(model: str, settings: RunSettings) -> RunSettings | str:
     return settings
 
 
+def default_memory_limit(device: str) -> float | None:
+    """A configuration's memory limit when none is set: this machine's RAM on CPU, none on
+    accelerators (their drivers reserve address space far beyond physical memory)."""
+    if device != "cpu":
+        return None
+    import psutil
+
+    return round(psutil.virtual_memory().total / 2**30, 1)
+
+
 def expand(sweep: Sweep) -> tuple[list[Configuration], list[str]]:
     g, reps = sweep.grid, sweep.repetitions
     notes, configs = [], []
@@ -476,11 +493,7 @@ def expand(sweep: Sweep) -> tuple[list[Configuration], list[str]]:
     units = model_units(g.models, g.pair_models)
     fitted_any = set()
     for device, runtime in combos:
-        memory = sweep.limits.memory_limit_gb
-        if memory is None and device == "cpu":
-            import psutil
-
-            memory = round(psutil.virtual_memory().total / 2**30, 1)
+        memory = sweep.limits.memory_limit_gb or default_memory_limit(device)
         for precision in g.precisions:
             if why := precision_unsupported(runtime, precision):
                 if len(g.runtimes) * len(g.precisions) == 1:
@@ -537,6 +550,7 @@ __all__ = [
     "SweepFileError",
     "check_memory_limit",
     "check_timeout",
+    "default_memory_limit",
     "expand",
     "load_sweep",
     "model_units",

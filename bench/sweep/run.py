@@ -72,14 +72,50 @@ class SweepProgress:
     def log(self, message: str) -> None: ...
 
 
-def completed_keys(results: Path) -> set[str]:
-    """Keys that already have an ok row measured on this machine (failed ones are tried again on
-    resume; another machine's rows, committed or copied in, are never this machine's result)."""
+def measured_keys(results: Path) -> dict[str, set[str]]:
+    """Keys that already have an ok row, per machine id: what each machine has measured. Failed
+    rows are tried again on resume; a row counts only for the machine that measured it."""
     if not results.exists():
-        return set()
-    here = this_machine()["id"]
-    return {r["key"] for r in read_rows([results])
-            if r.get("status") == "ok" and r.get("key") and machine_of(r)["id"] == here}
+        return {}
+    by_machine: dict[str, set[str]] = {}
+    for r in read_rows([results]):
+        if r.get("status") == "ok" and r.get("key"):
+            by_machine.setdefault(machine_of(r)["id"], set()).add(r["key"])
+    return by_machine
+
+
+def completed_keys(results: Path) -> set[str]:
+    """Keys measured on this machine (another machine's rows, committed or copied in, are never
+    this machine's result)."""
+    return measured_keys(results).get(this_machine()["id"], set())
+
+
+def is_measured(config: Configuration, keys: set[str]) -> bool:
+    """Whether every run of the configuration has an ok row among `keys` (one machine's)."""
+    return all(key in keys for key in config.keys.values())
+
+
+def sweep_configurations(sweep: Sweep, memory_limit_gb: float | None, notes: list[str],
+                         progress: SweepProgress) -> list[Configuration]:
+    """The sweep's configurations (a --memory-limit replacing the file's); its notes logged and kept."""
+    configs, found = sweep.configurations()
+    if memory_limit_gb is not None:
+        configs = [replace(c, memory_limit_gb=memory_limit_gb) for c in configs]
+    notes.extend(found)
+    for note in found:
+        progress.log(note)
+    return configs
+
+
+def skip_absent(configs: list[Configuration], absent: dict[tuple[str, str], str], outcome: SweepOutcome,
+                progress: SweepProgress) -> list[Configuration]:
+    """The configurations whose device and runtime are present; one line per absent pair."""
+    for (device, runtime), reason in absent.items():
+        n = sum(1 for c in configs if (c.device, c.runtime) == (device, runtime))
+        line = f"skipping {n} configurations of {runtime} on {device}: {reason}"
+        outcome.skipped.append(line)
+        progress.log(line)
+    return [c for c in configs if (c.device, c.runtime) not in absent]
 
 
 def availability(configs: list[Configuration]) -> dict[tuple[str, str], str]:
@@ -99,15 +135,16 @@ def availability(configs: list[Configuration]) -> dict[tuple[str, str], str]:
     return why
 
 
-def failed_rows(config: Configuration, error: str, failure: dict) -> list[dict]:
-    """What a failed configuration leaves behind: its identity, its settings and the cause."""
+def failed_rows(config: Configuration, error: str, failure: dict, env: dict | None = None) -> list[dict]:
+    """What a failed configuration leaves behind: its identity, its settings and the cause (`env`: the
+    machine it failed on, when that is not this one)."""
     from slmbench.models import resolve_model
 
     group = uuid.uuid4().hex[:12]
     rows = []
     for run in config.runs:
         spec = resolve_model(run.model)
-        rows.append(failed_row(run, group, error, failure, spec.family.value, spec.parameters,
+        rows.append(failed_row(run, group, error, failure, spec.family.value, spec.parameters, env=env,
                                compared_with=[m for m in config.models if m != run.model], sweep=config.sweep))
     return rows
 
@@ -256,7 +293,7 @@ def _read_outcome(path: Path) -> dict | None:
         return None
 
 
-def _append_together(results: Path, rows: list[dict], written: list[dict]) -> None:
+def append_together(results: Path, rows: list[dict], written: list[dict]) -> None:
     """Append a configuration's rows with SIGINT/SIGTERM held off, so a pair is never split."""
     held = {signal.SIGINT, signal.SIGTERM}
     in_main = threading.current_thread() is threading.main_thread()
@@ -309,7 +346,7 @@ def run_configuration(
     return failed_rows(config, error, failure), error
 
 
-def _count_rows(results: Path) -> int:
+def count_rows(results: Path) -> int:
     """Rows in the results file, counted without parsing them: the interrupt path must stay short
     on a loaded machine and a results file of thousands of rows."""
     try:
@@ -319,7 +356,7 @@ def _count_rows(results: Path) -> int:
         return 0
 
 
-def _terminate_as_interrupt(signum, frame):
+def terminate_as_interrupt(signum, frame):
     """SIGTERM does what SIGINT does here (whatever handler the caller installed for it)."""
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
@@ -339,28 +376,14 @@ def run_sweep(
     """Run every configuration not yet measured; see the module docstring for what can go wrong."""
     progress = progress or SweepProgress()
     results = Path(results)
-    configs, notes = sweep.configurations()
-    if memory_limit_gb is not None:
-        configs = [replace(c, memory_limit_gb=memory_limit_gb) for c in configs]
     timeout_s = timeout_s or sweep.limits.timeout_s
-    outcome = SweepOutcome(results=results, planned=len(configs), notes=notes)
-    for note in notes:
-        progress.log(note)
-    absent = availability(configs)
-    for (device, runtime), reason in absent.items():
-        n = sum(1 for c in configs if (c.device, c.runtime) == (device, runtime))
-        line = f"skipping {n} configurations of {runtime} on {device}: {reason}"
-        outcome.skipped.append(line)
-        progress.log(line)
+    outcome = SweepOutcome(results=results)
+    configs = sweep_configurations(sweep, memory_limit_gb, outcome.notes, progress)
+    outcome.planned = len(configs)
+    present = skip_absent(configs, availability(configs), outcome, progress)
     done = set() if force else completed_keys(results)
-    todo = []
-    for config in configs:
-        if (config.device, config.runtime) in absent:
-            continue
-        if all(key in done for key in config.keys.values()):
-            outcome.done_before += 1
-        else:
-            todo.append(config)
+    todo = [c for c in present if not is_measured(c, done)]
+    outcome.done_before = len(present) - len(todo)
     if outcome.done_before:
         progress.log(
             f"{outcome.done_before} configurations already measured on this machine "
@@ -373,7 +396,7 @@ def run_sweep(
     previous = signal.getsignal(signal.SIGTERM)
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
-        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+        signal.signal(signal.SIGTERM, terminate_as_interrupt)
     try:
         with tempfile.TemporaryDirectory(prefix="slmbench-sweep-") as workdir:
             for index, (config, cost) in enumerate(zip(todo, costs, strict=True)):
@@ -381,14 +404,14 @@ def run_sweep(
                 rows, error = run_configuration(
                     config, Path(workdir), index, timeout_s, cache_dir, progress.update
                 )
-                _append_together(results, rows, outcome.rows)
+                append_together(results, rows, outcome.rows)
                 if error:
                     outcome.failed += 1
                 else:
                     outcome.measured += 1
                 progress.end(config, cost, error is None, error)
     except KeyboardInterrupt:
-        kept = _count_rows(results)
+        kept = count_rows(results)
         raise SweepInterrupted(kept, len(outcome.rows), results) from None
     finally:
         if in_main:
