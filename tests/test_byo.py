@@ -230,3 +230,18 @@ def test_a_prompt_goes_through_the_folders_own_tokenizer(cache_dir, tmp_path):
     (row,) = [json.loads(line) for line in results.read_text().splitlines()]
     assert row["text"]["characters"] == len(text) and row["artifact"]["parity"] == "ok"
     assert "tokenizer.json" in row["artifact"]["files"]
+
+
+def test_the_committed_comparison_pairs_each_export_with_its_own_checkpoint():
+    """bench/tools/byo_check.py on results/byo: each export beside the hf: row of its own checkpoint,
+    same run and runtime, and nothing else."""
+    from pathlib import Path
+
+    from slmbench.results import read_rows
+    from slmbench.tools.byo_check import export_ratios
+
+    rows = read_rows([Path(__file__).parents[1] / "results" / "byo" / "results.jsonl"])
+    ratios = export_ratios(rows)
+    assert sorted((r["export"].split("/")[-2], r["runtime"]) for r in ratios) == [
+        ("llama", "onnxruntime"), ("llama", "openvino"), ("t5", "onnxruntime"), ("t5", "openvino")]
+    assert all(0.5 < r[m] < 2 for r in ratios for m in ("ttft_s", "tpot_s", "decode_tps"))

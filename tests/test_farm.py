@@ -80,6 +80,7 @@ def farm(cache_dir):
     from ray.cluster_utils import Cluster
 
     env = {"SLMBENCH_CACHE_DIR": str(cache_dir)}
+    before = {p.pid for p in psutil.Process().children(recursive=True)}  # e.g. an earlier test's resource tracker
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": False, "resources": node_resources(openvino=True),
         "env_vars": {**env, "SLMBENCH_MACHINE_LABEL": "node-a"}})
@@ -90,7 +91,8 @@ def farm(cache_dir):
     try:
         yield cluster, nodes
     finally:
-        started = psutil.Process().children(recursive=True)  # the cluster's processes, workers included
+        # the cluster's processes, workers included: this process's children it did not have before
+        started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
         assert any("raylet" in p.name() for p in started)
         ray.shutdown()
         cluster.shutdown()

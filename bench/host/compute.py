@@ -3,9 +3,11 @@
 An encoder pass or a prefill of hundreds of tokens is matrix-matrix work, so its time is at least
 its FLOPs (models/cost.py) over the peak FLOP/s this machine reaches with the runtime's own MatMul,
 at the run's threads and compute precision. The peak is the best of model-shaped products (a
-330M-class prefill's [tokens x 1024] by [1024 x 4096] and back, and a square 2048 one), weights
-constant as a model's are (so ONNX Runtime prepacks them), best of several trials, and kept as
-the machine's best quiet reading (host/readings.py). A first token faster than its ceiling
+330M-class prefill's [tokens x 1024] by [1024 x 4096] and back, a square 2048 one, and a 100M-class
+[256 x 768] by [768 x 2048], which stays in cache and so runs fastest), weights constant as a
+model's are (so the runtimes prepack them), best of 20 trials (OpenVINO's first few calls of a
+compiled MatMul run up to a quarter slower: best of 5 read 145 GFLOP/s where 20 read 192 on the EPYC
+VM), and kept as the machine's best quiet reading (host/readings.py). A first token faster than its ceiling
 re-measures once; a fraction still above 1 is marked `exceeded` (the ceiling was no bound).
 
 Measured for the compute a CPU run really uses: ONNX Runtime fp32 graphs (f32), and OpenVINO's
@@ -21,7 +23,7 @@ import numpy as np
 
 from slmbench.host.roofline import openvino_chain_seconds, ort_chain_seconds
 
-SHAPES = ((512, 1024, 4096), (512, 4096, 1024), (2048, 2048, 2048))  # rows x inner x columns
+SHAPES = ((512, 1024, 4096), (512, 4096, 1024), (2048, 2048, 2048), (256, 768, 2048))  # rows x inner x columns
 
 
 def _weights(k: int, n: int) -> np.ndarray:
@@ -45,7 +47,7 @@ def _openvino(m: int, k: int, n: int, compute: str, threads: int, trials: int) -
 KERNELS = {"onnxruntime": _onnxruntime, "openvino": _openvino}
 
 
-def measure_peak_flops(runtime: str, compute: str, threads: int, trials: int = 5) -> dict:
+def measure_peak_flops(runtime: str, compute: str, threads: int, trials: int = 20) -> dict:
     """FLOP/s of `runtime`'s MatMul at `compute` precision: the best shape's best of `trials`."""
     kernel = KERNELS[runtime]
     found = {"x".join(map(str, shape)): kernel(*shape, compute, threads, trials) for shape in SHAPES}
