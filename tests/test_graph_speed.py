@@ -159,3 +159,26 @@ def test_every_row_says_what_happened_to_huge_pages(tmp_path, quick_settings):
     assert row["huge_pages"]["status"] and "thp_mode" in row["huge_pages"]
     assert row["environment"]["transparent_hugepages"] == thp_mode()
     assert os.path.exists(tmp_path / "r.jsonl")
+
+
+def test_a_read_only_mapping_of_a_weights_file_is_released_and_still_reads_the_same(tmp_path):
+    """release_mapped_files drops the resident pages of read-only mappings of the files named (what
+    the OpenVINO runner does with its IR after priming), never those of a writable mapping."""
+    import mmap
+
+    from slmbench.host.memory import release_mapped_files
+
+    data = np.random.default_rng(0).integers(0, 255, 32 << 20, dtype=np.uint8)
+    (tmp_path / "w.bin").write_bytes(data.tobytes())
+    (tmp_path / "rw.bin").write_bytes(data.tobytes())
+    with open(tmp_path / "w.bin", "rb") as ro, open(tmp_path / "rw.bin", "r+b") as rw:
+        read_only = mmap.mmap(ro.fileno(), 0, access=mmap.ACCESS_READ)
+        writable = mmap.mmap(rw.fileno(), 0, access=mmap.ACCESS_COPY)  # private, written: dropping would lose it
+        writable[:4] = b"\x00\x01\x02\x03"
+        assert np.frombuffer(read_only, np.uint8).sum() == data.sum()  # every page resident
+        released = release_mapped_files([tmp_path / "w.bin", tmp_path / "rw.bin"])
+        assert released >= 24 << 20, released
+        assert np.frombuffer(read_only, np.uint8).sum() == data.sum()  # faults back from the file
+        assert writable[:4] == b"\x00\x01\x02\x03"
+        assert release_mapped_files([tmp_path / "elsewhere.bin"]) == 0
+        del writable  # close() refuses while a buffer is exported; the maps close with the process's GC

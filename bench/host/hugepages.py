@@ -101,8 +101,9 @@ def back_with_huge_pages() -> dict:
         return {"status": "unavailable (not Linux)", "thp_mode": None, "anon_huge_bytes": None}
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    from slmbench.host.memory import libc_with_madvise
+
+    libc = libc_with_madvise()
     started = time.perf_counter()
     trimmed = _trim_heap(libc)
     if os.environ.get("SLMBENCH_HUGE_PAGES", "1") == "0" or mode in (None, "never"):
