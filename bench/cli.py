@@ -280,6 +280,9 @@ def _openvino_options(device, runtimes, mode, kv_precision, cache_dir) -> dict |
 @click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
               help="A file of prompts, one a line (plain text, or .jsonl: a string or {\"prompt\": ...} a line); "
                    "repetitions cycle through them, every model alike.")
+@click.option("--image-size", type=int, default=None,
+              help="Vision models (mu-vl-330m, deconly-vl-330m): the image's pixels a side, a whole number of the "
+                   "tower's patches (default: its native size, 336: 576 image tokens).")
 @click.option("--batch", "-b", type=int, default=1, show_default=True)
 @click.option("--threads", "-t", type=int, default=None,
               help="Runtime threads (default: physical cores within the CPU affinity mask).")
@@ -298,9 +301,9 @@ def _openvino_options(device, runtimes, mode, kv_precision, cache_dir) -> dict |
 @_cache_option
 @_trust_option
 @_openvino_run_options
-def run(model_names, device, runtimes, precision, input_len, output_len, prompt, prompts_file, batch, threads, warmup,
-        min_reps, min_time, max_reps, target_ci, require_quiet, results, cache_dir, ov_mode, kv_cache_precision,
-        ov_cache_dir):
+def run(model_names, device, runtimes, precision, input_len, output_len, prompt, prompts_file, image_size, batch,
+        threads, warmup, min_reps, min_time, max_reps, target_ci, require_quiet, results, cache_dir, ov_mode,
+        kv_cache_precision, ov_cache_dir):
     """Measure TTFT and throughput; compare encoder-decoder with decoder-only in one interleaved run.
 
     \b
@@ -313,24 +316,31 @@ def run(model_names, device, runtimes, precision, input_len, output_len, prompt,
       slmbench run -r onnxruntime -r openvino -m deconly-330m -i 256 -o 64   # runtimes side by side
       slmbench run -m hf:./t5 -m hf:./qwen --prompt "Summarize: ..."   # one text, each model's tokenizer
       slmbench run -m hf:./t5 -m hf:./qwen --prompts prompts.jsonl -i 512  # every prompt fitted to 512 tokens
+      slmbench run -m mu-vl-330m -m deconly-vl-330m -i 128 -o 64   # an image (576 tokens) and 128 text tokens
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from slmbench.config import RunSettings, plan
     from slmbench.core.benchmark import run_benchmark
-    from slmbench.models import resolve_model
     from slmbench.prompts import text_of
-    from slmbench.report.terminal import pair_ratios, ratio_table, runtime_table, summary_table, text_tables
+    from slmbench.report.terminal import (
+        pair_ratios,
+        ratio_table,
+        runtime_table,
+        summary_table,
+        text_tables,
+        vision_table,
+    )
     from slmbench.results import append_rows, check_writable
 
     text = text_of(prompt, prompts_file, fit=input_len is not None)
     settings = RunSettings(batch=batch, input_len=512 if input_len is None else input_len, output_len=output_len,
                            warmup=warmup, min_reps=min_reps, min_time_s=min_time, max_reps=max_reps,
-                           target_ci=target_ci, text=text)
+                           target_ci=target_ci, text=text, image_size=image_size)
     options = _openvino_options(device, runtimes, ov_mode, kv_cache_precision, ov_cache_dir)
     # An absent device, a repeated model or bad thread count fails here, before any progress display.
     configs = plan(model_names, device, list(runtimes) or [None], precision, settings, threads, options)
-    specs = [resolve_model(c.model) for c in configs]
+    specs = [c.spec() for c in configs]
     check_writable(results)
     console = _console()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -350,8 +360,9 @@ def run(model_names, device, runtimes, precision, input_len, output_len, prompt,
         console.print(ratio_table(ratios))
     if len({r["runtime"] for r in rows}) > 1:
         console.print(runtime_table(rows))
-    for table in text_tables(rows):
-        console.print(table)
+    for table in [*text_tables(rows), vision_table(rows)]:
+        if table is not None:
+            console.print(table)
     for row in rows:
         for warning in row["warnings"]:
             console.print(f"[yellow]warning[/yellow] {row['model']}: {warning}")

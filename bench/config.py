@@ -39,6 +39,9 @@ class RunSettings:
     # Text instead of random ids (slmbench.prompts): as is, input_len is each model's own token count
     # (its mean over the prompts); fitted, every prompt is cut or repeated to input_len tokens.
     text: Text | None = None
+    # A vision model's image, in pixels a side (models/vision.py); RunConfig.create fills in the
+    # tower's native size. None for text models.
+    image_size: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "text", Text.from_value(self.text))
@@ -58,6 +61,9 @@ class RunSettings:
                                            or not 0 < self.target_ci < 1):
             raise InvalidOption(f"target_ci must be a fraction between 0 and 1 (0.05 = +-5%), "
                                 f"got {self.target_ci!r}")
+        if self.image_size is not None and (not isinstance(self.image_size, int) or isinstance(self.image_size, bool)
+                                            or self.image_size <= 0):
+            raise InvalidOption(f"image_size must be a positive integer (pixels), got {self.image_size!r}")
         if self.max_reps < self.min_reps:
             raise InvalidOption(f"max_reps ({self.max_reps}) must be >= min_reps ({self.min_reps})")
 
@@ -82,16 +88,19 @@ class RunSettings:
         """The key's input field: `in512` (random ids), `in512:text-ID` (the text fitted to 512
         tokens), `in:text-ID` (the text as is, whatever each tokenizer makes of it, so that models
         with different tokenizers pair on the same text)."""
+        image = f"+img{self.image_size}" if self.image_size else ""
         if self.text is None:
-            return f"in{self.input_len}"
-        return f"in:text-{self.text.id}" if self.text_as_is else f"in{self.input_len}:text-{self.text.id}"
+            return f"in{self.input_len}{image}"
+        return (f"in:text-{self.text.id}" if self.text_as_is else f"in{self.input_len}:text-{self.text.id}") + image
 
-    def check_fits(self, model: str, cfg) -> None:
-        """Lengths must fit the model's positions (decoder-only: prompt + generated tokens)."""
+    def check_fits(self, model: str, cfg, image_tokens: int = 0) -> None:
+        """Lengths must fit the model's positions (decoder-only: prompt + generated tokens), the
+        image's tokens included."""
+        image = " + image tokens" if image_tokens else ""
         if cfg.is_encoder_decoder:
-            need = {"input_len": self.input_len, "output_len": self.output_len}
+            need = {f"input_len{image}": self.input_len + image_tokens, "output_len": self.output_len}
         else:
-            need = {"input_len + output_len": self.input_len + self.output_len}
+            need = {f"input_len{image} + output_len": self.input_len + image_tokens + self.output_len}
         for what, value in need.items():
             if value > cfg.max_positions:
                 raise InvalidOption(f"{what} = {value} exceeds {model}'s maximum positions "
@@ -169,6 +178,12 @@ class RunConfig:
     def option_dict(self) -> dict:
         return dict(self.options)
 
+    def spec(self):
+        """The model this configuration measures (a vision model fed its image size)."""
+        from slmbench.models import resolve_model
+
+        return resolve_model(self.model).with_image_size(self.settings.image_size)
+
     def to_dict(self) -> dict:
         return {"model": self.model, "device": self.device, "runtime": self.runtime, "precision": self.precision,
                 "settings": asdict(self.settings), "threads": self.threads, "options": dict(self.options),
@@ -204,10 +219,25 @@ class RunConfig:
                                 f"{' or '.join(readers)}")
         if threads is None:
             threads = default_threads()
+        settings = _with_image(model, settings)
         opts = dict(options or {})
         if runtime in RUNNERS:
             opts = RUNNERS[runtime].run_options(device, settings, opts)
         return cls(model, device, runtime, precision, settings, threads, tuple(opts.items()), loop)
+
+
+def _with_image(model: str, settings: RunSettings) -> RunSettings:
+    """The settings with a vision model's image size stated (its tower's native size unless given),
+    so its key says what it was fed; a size given for a text model is refused. Only presets have a
+    tower: other models are not resolved here."""
+    if ":" in model:
+        if settings.image_size is not None:
+            raise InvalidOption(f"{model} takes no image; --image-size is for vision presets (mu-vl-330m, ...)")
+        return settings
+    from slmbench.models import resolve_model
+
+    spec = resolve_model(model).with_image_size(settings.image_size)
+    return settings if spec.image == settings.image_size else replace(settings, image_size=spec.image)
 
 
 def plan(models: Iterable[str], device: str = "cpu", runtimes: Sequence[str | None] = (None,),
@@ -230,11 +260,19 @@ def plan(models: Iterable[str], device: str = "cpu", runtimes: Sequence[str | No
         per_model = {m: settings.for_model(resolve_model(m)) for m in models}
     configs = [RunConfig.create(m, device, r, precision, per_model[m], threads, options)
                for r in runtimes for m in models]
-    from slmbench.runners import precision_unsupported
+    if len({c.settings.image_size is None for c in configs}) > 1:
+        text = sorted({c.model for c in configs if c.settings.image_size is None})
+        raise InvalidOption(f"the models of one run all take an image or none does: {', '.join(text)} "
+                            f"take{'s' if len(text) == 1 else ''} none; measure text and vision models in "
+                            "separate runs")
+    from slmbench.runners import RUNNERS, precision_unsupported
 
     for runtime in dict.fromkeys(c.runtime for c in configs):  # refused before anything is prepared
         if why := precision_unsupported(runtime, precision):
             raise InvalidOption(why)
+    for c in configs:  # a vision model where its graphs do not exist, too
+        if c.settings.image_size is not None:
+            RUNNERS[c.runtime].check_model(c.spec(), c.precision, c.option_dict)
     return configs
 
 

@@ -64,7 +64,11 @@ FIELDS: dict[str, str] = {
     "huge_pages": "how the loaded weights were backed by 2 MiB pages",
     "peak_device_memory_bytes": "the device's memory high-water mark where the runtime reports one (bytes)",
     "tokens_generated": "tokens produced per generation",
-    "repetitions": "raw timestamps of every warm repetition: timestamps_ns (t_i - t_0), encoder_end_ns",
+    "repetitions": "raw timestamps of every warm repetition: timestamps_ns (t_i - t_0), encoder_end_ns, and "
+                   "vision_end_ns for a vision model (its tower done)",
+    "vision": "a vision model's image: image_size and image_tokens, the tower's parameters and FLOPs, its parity "
+              "against PyTorch, and the KV bytes a decode step reads with the image in the cache beside the text "
+              "alone's (kv_bytes_per_token, kv_bytes_per_token_text_only; fp32, at kv_at)",
     "cold": "raw timestamps of the cold generation", "warmup_count": "warm-up generations, not measured",
     "warnings": "what a reader must see (noisy metrics, a run that competed for the CPU)",
     "contention": "over the warm repetitions: wall, own and others' CPU seconds, steal, involuntary switches, "

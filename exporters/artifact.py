@@ -172,10 +172,13 @@ ExportFn = Callable[[ModelSpec, Path, dict], dict]
 
 def ensure_artifact(spec: ModelSpec, fmt: str, variant: dict, export_fn: ExportFn, exporter_code: str,
                     cache_dir: Path | None = None, force: bool = False) -> tuple[Artifact, bool]:
-    """Return (artifact, reused). Exports into a temporary folder and renames it into place, so an
+    """Return (artifact, reused). A vision model's variant gains the image size its tower takes.
+    Exports into a temporary folder and renames it into place, so an
     interrupted export never leaves a half-written artifact behind. A corrupt cached artifact is
     re-exported with a warning."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    if spec.image is not None:  # one artifact per image size: prune_cache keeps each size's newest
+        variant = {**variant, "image_size": spec.image}
     key = artifact_key(spec, fmt, variant, exporter_code)
     final = cache_dir / key
     if final.exists() and not force:

@@ -291,7 +291,8 @@ def _check(spec, steps: Steps, precision: str) -> Callable:
             session = steps(artifact)
             model = spec.build()
             runtime = {"onnx": "onnxruntime", "openvino": "openvino"}[spec.artifact_format]
-            result = parity.check(model, cfg, lambda p, f: parity.teacher_forced(session, cfg, p, f), runtime)
+            result = parity.check(model, cfg, lambda p, f, _image: parity.teacher_forced(session, cfg, p, f),
+                                  runtime)
             manifest.update(parity=result, parity_status="ok")
         return manifest
 

@@ -9,6 +9,10 @@ Graphs (all axes named below are dynamic):
   and cross_key.i / cross_value.i: the cross-attention K/V are computed once per request, here,
   not once per token. `decoder.onnx` takes them plus encoder_attention_mask and the self-attention
   cache as above.
+- a vision-language model (models/vision.py) adds `vision.onnx`: pixel_values [batch, 3, S, S]
+  (S fixed per export) -> image_embeds [batch, image, hidden]; the encoder takes image_embeds after
+  attention_mask (which then covers image + src positions), a decoder-only decoder after input_ids
+  (the prefill's image; every later step feeds image 0).
 The legacy TorchScript exporter is used: it is quick and handles both families (docs/environment.md).
 Weights are stored beside the graphs, a tensor both graphs hold once (external_weights.py).
 """
@@ -35,16 +39,30 @@ def kv_names(layers: int, prefix: str) -> list[str]:
 
 def io_names(cfg) -> dict:
     n = cfg.decoder_layers
+    image = ["image_embeds"] if cfg.vision is not None else []
     decoder_in = ["input_ids"]
     if cfg.is_encoder_decoder:
         decoder_in += ["encoder_attention_mask", *kv_names(n, "cross")]
+    else:
+        decoder_in += image
     decoder_in += kv_names(n, "past")
     graphs = {"decoder": {"file": "decoder.onnx", "inputs": decoder_in,
                           "outputs": ["logits", "next_token", *kv_names(n, "present")]}}
     if cfg.is_encoder_decoder:
-        graphs["encoder"] = {"file": "encoder.onnx", "inputs": ["input_ids", "attention_mask"],
+        graphs["encoder"] = {"file": "encoder.onnx", "inputs": ["input_ids", "attention_mask", *image],
                              "outputs": ["encoder_hidden_states", *kv_names(n, "cross")]}
+    if image:
+        graphs["vision"] = {"file": "vision.onnx", "inputs": ["pixel_values"], "outputs": ["image_embeds"]}
     return graphs
+
+
+def vision_manifest(cfg, image_size: int | None) -> dict | None:
+    """What an artifact says of its vision tower: the image size its graph takes and the tokens
+    one image becomes (None for a text model)."""
+    if image_size is None:
+        return None
+    return {"image_size": image_size, "image_tokens": cfg.vision.image_tokens(image_size), "hidden": cfg.hidden,
+            "native_image_size": cfg.vision.image_size}
 
 
 def kv_layout(cfg) -> dict:
@@ -73,15 +91,22 @@ def _wrappers(model, cfg):
             super().__init__()
             self.model = model  # registered, so the tracer sees parameters, not constants
 
+    image = cfg.vision is not None
+
     class DecoderOnlyStep(Wrapper):
-        def forward(self, input_ids, *past):
-            logits, present = self.model(input_ids, _pairs(past))
+        def forward(self, input_ids, *rest):
+            embeds, past = (rest[0], rest[1:]) if image else (None, rest)
+            logits, present = self.model(input_ids, _pairs(past), image_embeds=embeds)
             return (logits, torch.argmax(logits, -1), *_flat(present))
 
     class EncoderStep(Wrapper):
-        def forward(self, input_ids, attention_mask):
-            hidden = self.model.encode(input_ids, attention_mask)
+        def forward(self, input_ids, attention_mask, *embeds):
+            hidden = self.model.encode(input_ids, attention_mask, *embeds)
             return (hidden, *_flat(self.model.cross_kv(hidden)))
+
+    class VisionStep(Wrapper):
+        def forward(self, pixel_values):
+            return self.model.vision(pixel_values)
 
     class EncoderDecoderStep(Wrapper):
         def forward(self, input_ids, encoder_attention_mask, *kv):
@@ -90,7 +115,7 @@ def _wrappers(model, cfg):
             return (logits, torch.argmax(logits, -1), *_flat(present))
 
     # eval(): the tracer restores the wrappers' training flag onto the model afterwards (dropout!)
-    return DecoderOnlyStep().eval(), EncoderStep().eval(), EncoderDecoderStep().eval()
+    return DecoderOnlyStep().eval(), EncoderStep().eval(), EncoderDecoderStep().eval(), VisionStep().eval()
 
 
 def _export_graph(module, args, path: Path, inputs, outputs, dynamic: dict) -> None:
@@ -118,44 +143,56 @@ def _axes(names, axes):
 
 def export_onnx(spec: ModelSpec, out: Path, variant: dict, model=None) -> dict:
     """Export `spec` (or `model`, a module built from it) into `out`, check it with onnx.checker and
-    against PyTorch; return the manifest."""
+    against PyTorch; return the manifest. A vision model's tower takes `variant["image_size"]`."""
     import onnx
     import torch
 
     cfg = spec.config
+    vision = vision_manifest(cfg, spec.image)
     model = spec.build() if model is None else model
     graphs = io_names(cfg)
-    decoder_only, encoder, encoder_decoder = _wrappers(model, cfg)
-    b, src, past_len = 2, 5, 3
+    decoder_only, encoder, encoder_decoder, tower = _wrappers(model, cfg)
+    b, src, past_len, image = 2, 5, 3, 2  # image: a trace length for image_embeds, whose axis is dynamic
     kv_shape = (b, cfg.kv_heads, past_len, cfg.head_dim)
     past = [torch.zeros(kv_shape) for _ in range(2 * cfg.decoder_layers)]
     ids = torch.ones((b, 1), dtype=torch.int64)
+    embeds = [torch.zeros((b, image, cfg.hidden))] if vision else []
+    embeds_axes = {"image_embeds": {0: "batch", 1: "image"}} if vision else {}
     kv_axes = {0: "batch", 2: "past"}
     dec = graphs["decoder"]
     dynamic = {"input_ids": {0: "batch", 1: "new"}, "logits": {0: "batch"}, "next_token": {0: "batch"},
                **_axes(kv_names(cfg.decoder_layers, "past"), kv_axes),
                **_axes(kv_names(cfg.decoder_layers, "present"), {0: "batch", 2: "total"})}
     with torch.no_grad():
+        if vision:
+            size = vision["image_size"]
+            _export_graph(tower, [torch.zeros((b, 3, size, size))], out / graphs["vision"]["file"],
+                          graphs["vision"]["inputs"], graphs["vision"]["outputs"],
+                          {"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}})
         if cfg.is_encoder_decoder:
             enc = graphs["encoder"]
             src_ids = torch.ones((b, src), dtype=torch.int64)
-            mask = torch.ones((b, src), dtype=torch.int64)
-            _export_graph(encoder, [src_ids, mask], out / enc["file"], enc["inputs"], enc["outputs"],
-                          {"input_ids": {0: "batch", 1: "src"}, "attention_mask": {0: "batch", 1: "src"},
-                           "encoder_hidden_states": {0: "batch", 1: "src"},
-                           **_axes(kv_names(cfg.decoder_layers, "cross"), {0: "batch", 2: "src"})})
-            cross = [torch.zeros((b, cfg.kv_heads, src, cfg.head_dim)) for _ in range(2 * cfg.decoder_layers)]
-            dynamic.update({"encoder_attention_mask": {0: "batch", 1: "src"},
-                            **_axes(kv_names(cfg.decoder_layers, "cross"), {0: "batch", 2: "src"})})
+            mask = torch.ones((b, src + (image if vision else 0)), dtype=torch.int64)
+            _export_graph(encoder, [src_ids, mask, *embeds], out / enc["file"], enc["inputs"], enc["outputs"],
+                          {"input_ids": {0: "batch", 1: "src"}, "attention_mask": {0: "batch", 1: "source"},
+                           "encoder_hidden_states": {0: "batch", 1: "source"}, **embeds_axes,
+                           **_axes(kv_names(cfg.decoder_layers, "cross"), {0: "batch", 2: "source"})})
+            cross = [torch.zeros((b, cfg.kv_heads, mask.shape[1], cfg.head_dim)) for _ in range(2 * cfg.decoder_layers)]
+            dynamic.update({"encoder_attention_mask": {0: "batch", 1: "source"},
+                            **_axes(kv_names(cfg.decoder_layers, "cross"), {0: "batch", 2: "source"})})
             _export_graph(encoder_decoder, [ids, mask, *cross, *past], out / dec["file"], dec["inputs"],
                           dec["outputs"], dynamic)
         else:
-            _export_graph(decoder_only, [ids, *past], out / dec["file"], dec["inputs"], dec["outputs"], dynamic)
+            _export_graph(decoder_only, [ids, *embeds, *past], out / dec["file"], dec["inputs"], dec["outputs"],
+                          {**dynamic, **embeds_axes})
     stored = external_weights.externalize(out, [graph["file"] for graph in graphs.values()])
     for graph in graphs.values():
         onnx.checker.check_model(str(out / graph["file"]))
-    result = parity.check(model, cfg, lambda p, f: ort_step_logits(out, graphs, cfg, p, f), "onnxruntime")
+    steps = OnnxSteps(out, graphs, cfg)
+    result = parity.check(model, cfg, lambda p, f, px: parity.teacher_forced(steps, cfg, p, f, px), "onnxruntime",
+                          candidate_tower=steps.tower)
     return {"graphs": graphs, "kv": kv_layout(cfg), "opset": OPSET, "precision": variant["precision"],
+            **({"vision": vision} if vision else {}),
             "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
             "versions": {"torch": torch.__version__, "onnx": onnx.__version__}, "parity": result, "weights": stored,
             "reference_parity": getattr(model, "reference_parity", None),
@@ -189,6 +226,7 @@ class OnnxSteps:
                                                  providers=["CPUExecutionProvider"])
         self.cfg, self.decoder = cfg, load("decoder")
         self.encoder = load("encoder") if cfg.is_encoder_decoder else None
+        self.vision = load("vision") if "vision" in graphs else None
         self.cross_names = graphs["encoder"]["outputs"][1:] if self.encoder else []
         self.names = kv_names(cfg.decoder_layers, "past")
         assert [n.replace("present", "past") for n in graphs["decoder"]["outputs"][2:]] == self.names
@@ -196,15 +234,28 @@ class OnnxSteps:
 
     def start(self, input_ids: np.ndarray, max_new_tokens: int) -> None:
         empty = np.zeros((input_ids.shape[0], self.cfg.kv_heads, 0, self.cfg.head_dim), self.dtype)
-        self.past, self.fixed = dict.fromkeys(self.names, empty), {}
+        self.past, self.fixed, self.image = dict.fromkeys(self.names, empty), {}, None
+        if self.vision is not None:
+            self.image = np.zeros((input_ids.shape[0], 0, self.cfg.hidden), np.float32)
+
+    def tower(self, pixels: np.ndarray) -> np.ndarray:
+        return self.vision.run(None, {"pixel_values": pixels})[0]
+
+    def encode_image(self, pixels: np.ndarray) -> None:
+        self.image = self.tower(pixels)
 
     def encode(self, input_ids: np.ndarray) -> None:
-        mask = np.ones_like(input_ids)
-        out = self.encoder.run(None, {"input_ids": input_ids, "attention_mask": mask})
+        image = {} if self.image is None else {"image_embeds": self.image}
+        mask = np.ones((input_ids.shape[0], input_ids.shape[1] + (0 if self.image is None else self.image.shape[1])),
+                       np.int64)
+        out = self.encoder.run(None, {"input_ids": input_ids, "attention_mask": mask, **image})
         self.fixed = {"encoder_attention_mask": mask, **dict(zip(self.cross_names, out[1:], strict=True))}
 
     def decode(self, input_ids: np.ndarray) -> np.ndarray:
-        out = self.decoder.run(None, {"input_ids": input_ids, **self.fixed, **self.past})
+        image = {}
+        if self.image is not None and self.encoder is None:  # the image before the prompt, then none
+            image, self.image = {"image_embeds": self.image}, self.image[:, :0]
+        out = self.decoder.run(None, {"input_ids": input_ids, **image, **self.fixed, **self.past})
         self._logits, self.past = out[0], dict(zip(self.names, out[2:], strict=True))
         return out[1]
 
@@ -212,9 +263,10 @@ class OnnxSteps:
         return self._logits.astype(np.float32)
 
 
-def ort_step_logits(folder: Path, graphs: dict, cfg, prompt: np.ndarray, forced: np.ndarray) -> list[np.ndarray]:
+def ort_step_logits(folder: Path, graphs: dict, cfg, prompt: np.ndarray, forced: np.ndarray,
+                    pixels: np.ndarray | None = None) -> list[np.ndarray]:
     """Teacher-forced logits of an ONNX artifact's graphs (parity and accuracy checks)."""
-    return parity.teacher_forced(OnnxSteps(folder, graphs, cfg), cfg, prompt, forced)
+    return parity.teacher_forced(OnnxSteps(folder, graphs, cfg), cfg, prompt, forced, pixels)
 
 
 def onnx_artifact(spec: ModelSpec, precision: str = "fp32", cache_dir=None, force=False) -> tuple[Artifact, bool]:

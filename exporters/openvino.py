@@ -118,11 +118,16 @@ def exact_session(folder: Path, manifest: dict, session: SessionFactory, config:
 
 
 def check_parity(model, cfg, folder: Path, manifest: dict, session: SessionFactory, runtime: str) -> dict:
-    """The IR's teacher-forced logits (OpenVINO CPU, f32) against PyTorch; raises beyond tolerance."""
-    def candidate(prompt, forced):
-        return parity.teacher_forced(exact_session(folder, manifest, session), cfg, prompt, forced)
+    """The IR's teacher-forced logits (OpenVINO CPU, f32) against PyTorch, and its vision tower's
+    image embeddings; raises beyond tolerance."""
+    def candidate(prompt, forced, pixels):
+        return parity.teacher_forced(exact_session(folder, manifest, session), cfg, prompt, forced, pixels)
 
-    return {**parity.check(model, cfg, candidate, runtime), "config": dict(EXACT_CPU)}
+    def tower(pixels):
+        request = compile_exact(folder / manifest["graphs"]["vision"]["file"]).create_infer_request()
+        return request.infer({"pixel_values": pixels})["image_embeds"].copy()
+
+    return {**parity.check(model, cfg, candidate, runtime, candidate_tower=tower), "config": dict(EXACT_CPU)}
 
 
 def ir_code(*modules: str) -> str:
@@ -150,6 +155,9 @@ def stateful_graphs(cfg) -> dict:
             "inputs": enc["inputs"],
             "outputs": enc["outputs"],
         }
+    if "vision" in onnx_graphs:
+        graphs["vision"] = {"file": "vision.xml", "weights": "vision.bin", **{k: onnx_graphs["vision"][k]
+                                                                            for k in ("inputs", "outputs")}}
     return graphs
 
 
@@ -246,11 +254,15 @@ def export_stateful(spec: ModelSpec, out: Path, variant: dict, cache_dir, sessio
         onnx_graphs = source["graphs"]
         if cfg.is_encoder_decoder:
             fused["encoder"] = _moc_ir(folder, onnx_graphs["encoder"], graphs["encoder"], out)
+        if "vision" in graphs:
+            fused["vision"] = _moc_ir(folder, onnx_graphs["vision"], graphs["vision"], out)
         fused["decoder"] = _moc_ir(folder, onnx_graphs["decoder"], graphs["decoder"], out,
                                    lambda ir: make_stateful(ir, graphs["decoder"]["states"]))
 
     kv = kv_layout(cfg)
-    result = check_parity(model, cfg, out, {"graphs": graphs, "kv": kv}, session, "openvino-stateful(CPU, KV f32)")
+    vision = {"vision": source["vision"]} if "vision" in source else {}
+    result = check_parity(model, cfg, out, {"graphs": graphs, "kv": kv, **vision}, session,
+                          "openvino-stateful(CPU, KV f32)")
     return {
         "graphs": graphs,
         "kv": kv,
@@ -261,6 +273,7 @@ def export_stateful(spec: ModelSpec, out: Path, variant: dict, cache_dir, sessio
         "attention": {"fused_sdpa_ops": fused, "onnx_parity": source["parity"]},
         "versions": {"openvino": ov_version(), **source["versions"]},
         "parity": result,
+        **vision,
     }
 
 

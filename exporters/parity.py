@@ -14,21 +14,36 @@ from slmbench.models.reference import (
     FP32_TOLERANCE,
     ParityError,
     compare,
+    parity_image,
     parity_inputs,
     teacher_forced,
+    torch_image_embeds,
     torch_step_logits,
 )
 
 __all__ = ["FP32_TOLERANCE", "ParityError", "check", "compare", "parity_inputs", "teacher_forced",
            "torch_step_logits"]
 
-StepFn = Callable[[np.ndarray, np.ndarray], list[np.ndarray]]
+# (prompt, forced tokens, pixels or None) -> per-step logits; a vision tower's pixels -> embeddings
+StepFn = Callable[[np.ndarray, np.ndarray, np.ndarray | None], list[np.ndarray]]
+TowerFn = Callable[[np.ndarray], np.ndarray]
 
 
-def check(model, cfg, candidate_steps: StepFn, runtime: str, tolerance: float = FP32_TOLERANCE) -> dict:
+def check(model, cfg, candidate_steps: StepFn, runtime: str, tolerance: float = FP32_TOLERANCE,
+          candidate_tower: TowerFn | None = None) -> dict:
+    """The candidate's teacher-forced logits against PyTorch (the image through the tower first, for
+    a vision model), and its tower's image embeddings on their own (`vision`)."""
     prompt, forced = parity_inputs(cfg.vocab_size)
-    result = compare(torch_step_logits(model, cfg, prompt, forced), candidate_steps(prompt, forced),
+    pixels = parity_image(model)
+    result = compare(torch_step_logits(model, cfg, prompt, forced, pixels), candidate_steps(prompt, forced, pixels),
                      tolerance, runtime)
+    if pixels is not None:
+        tower = float(np.max(np.abs(torch_image_embeds(model, pixels) - candidate_tower(pixels))))
+        result["vision"] = {"max_abs_diff": tower, "image_size": int(pixels.shape[-1]), "passed": tower <= tolerance}
+        result["passed"] = result["passed"] and tower <= tolerance
+        if tower > tolerance:
+            raise ParityError(f"{runtime} vision tower's image embeddings differ from PyTorch by {tower:.3g} "
+                              f"(tolerance {tolerance:g})")
     if not result["passed"]:
         raise ParityError(f"{runtime} logits differ from PyTorch by {result['max_abs_diff']:.3g} "
                           f"(tolerance {tolerance:g})")

@@ -5,8 +5,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from slmbench.errors import BenchError
+
+if TYPE_CHECKING:
+    from slmbench.models.vision import VisionConfig
 
 
 class Family(enum.StrEnum):
@@ -48,6 +52,8 @@ class ArchConfig:
     max_positions: int = 4096
     tie_embeddings: bool = True
     decoder_start_token: int = 0
+    # A vision tower whose image tokens go into the encoder or before the prompt (models/vision.py).
+    vision: VisionConfig | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "family", Family(self.family))
@@ -69,14 +75,22 @@ class ArchConfig:
             raise ConfigError(f"activation must be gelu_tanh, silu or relu, got {self.activation!r}")
         if not 0 <= self.decoder_start_token < self.vocab_size:
             raise ConfigError("decoder_start_token must be a token id")
+        if self.vision is not None:
+            from slmbench.models.vision import VisionConfig
+
+            object.__setattr__(self, "vision", VisionConfig.from_dict(self.vision))
 
     @property
     def is_encoder_decoder(self) -> bool:
         return self.family is Family.ENCODER_DECODER
 
     def to_dict(self) -> dict:
+        """Plain values; `vision` only when there is one (a text model's dict, and so its content
+        hash, is what it was before vision existed)."""
         d = dataclasses.asdict(self)
         d["family"] = self.family.value
+        if self.vision is None:
+            del d["vision"]
         return d
 
     @classmethod
@@ -111,9 +125,14 @@ class ArchConfig:
         cross = self.attention_parameters + self.hidden if self.is_encoder_decoder else 0
         return self.encoder_layer_parameters + cross
 
-    def parameter_count(self) -> int:
-        """Exact parameter count, computed from the config alone (no torch needed)."""
+    def language_parameters(self) -> int:
+        """The language model's exact parameter count, from the config alone (no torch needed)."""
         embedding = self.vocab_size * self.hidden * (1 if self.tie_embeddings else 2)
         final_norms = self.hidden * (2 if self.is_encoder_decoder else 1)
         return (self.encoder_layers * self.encoder_layer_parameters
                 + self.decoder_layers * self.decoder_layer_parameters + embedding + final_norms)
+
+    def parameter_count(self) -> int:
+        """Exact parameter count: the language model, and the vision tower with its projector."""
+        vision = self.vision.parameter_count(self.hidden) if self.vision is not None else 0
+        return self.language_parameters() + vision

@@ -14,6 +14,11 @@ A generation of N tokens from an S-token input:
   S .. S + N - 2, each attending to every earlier position.
 Bytes: weights at the precision's width; the KV cache at `kv_bytes` per element (self and cross);
 the largest activation, the attention scores of the encoder or prefill ([heads, S, S] fp32).
+
+A vision model (`image_size` given) first runs its tower over the image (models/vision.py), whose
+I image tokens then join the input: the encoder runs over I + S tokens, or the prefill over a
+prompt of I + S, and every later step attends to them; the tower's weights are not read while
+decoding.
 """
 
 from __future__ import annotations
@@ -57,6 +62,22 @@ class Shapes:
         return 2 * self.h * self.vocab
 
 
+def vision_flops(cfg: ArchConfig, image_size: int) -> int:
+    """The tower over one image (the class token included) and the projector over its tokens."""
+    v = cfg.vision
+    grid = v.image_tokens(image_size)
+    t, w = grid + 1, v.width
+    patches = 2 * grid * 3 * v.patch * v.patch * w
+    layer = t * 2 * (4 * w * w + 2 * w * v.mlp) + 2 * 2 * t * t * w
+    projector = 2 * grid * (w * cfg.hidden + cfg.hidden * cfg.hidden)
+    return patches + v.layers * layer + projector
+
+
+def image_tokens(cfg: ArchConfig, image_size: int | None) -> int:
+    """Tokens the image adds to the input (0 for a text model or without an image)."""
+    return 0 if image_size is None or cfg.vision is None else cfg.vision.image_tokens(image_size)
+
+
 def encoder_flops(cfg: ArchConfig, source_len: int) -> int:
     """The encoder over the whole input, bidirectional, plus the cross-attention K/V projections
     every decoder layer computes from it once per request."""
@@ -84,15 +105,19 @@ def step_flops(cfg: ArchConfig, position: int, source_len: int = 0) -> int:
     return cfg.decoder_layers * layer + s.lm_head
 
 
-def generation_flops(cfg: ArchConfig, input_len: int, output_len: int) -> dict:
-    """FLOPs to the first token, of the remaining decode steps, and in all (batch 1)."""
+def generation_flops(cfg: ArchConfig, input_len: int, output_len: int, image_size: int | None = None) -> dict:
+    """FLOPs to the first token (the vision tower's included), of the remaining decode steps, and
+    in all (batch 1)."""
+    vision = vision_flops(cfg, image_size) if image_tokens(cfg, image_size) else 0
+    input_len += image_tokens(cfg, image_size)
     if cfg.is_encoder_decoder:
         first = encoder_flops(cfg, input_len) + step_flops(cfg, 0, input_len)
         rest = sum(step_flops(cfg, i, input_len) for i in range(1, output_len))
     else:
         first = prefill_flops(cfg, input_len)
         rest = sum(step_flops(cfg, input_len + i - 1) for i in range(1, output_len))
-    return {"first_token_flops": first, "decode_flops": rest, "generation_flops": first + rest}
+    return {"first_token_flops": vision + first, "decode_flops": rest, "generation_flops": vision + first + rest,
+            **({"vision_flops": vision} if vision else {})}
 
 
 def kv_cache_bytes(cfg: ArchConfig, length: int, source_len: int = 0, kv_bytes: float = 4) -> dict:
@@ -109,7 +134,7 @@ def decode_bytes_per_token(cfg: ArchConfig, precision: str = "fp32", position: i
     The encoder's weights are not read while decoding, nor the embedding table beyond one row
     (but a tied LM head reads the whole table). KV bytes count fp32 caches at `position`.
     """
-    weights = cfg.parameter_count()
+    weights = cfg.language_parameters()  # a vision tower runs once per request, before the first token
     if cfg.is_encoder_decoder:
         encoder = cfg.encoder_layers * cfg.encoder_layer_parameters + cfg.hidden  # with its final norm
         cross_kv = cfg.decoder_layers * 2 * cfg.hidden * cfg.kv_heads * cfg.head_dim
@@ -122,23 +147,27 @@ def decode_bytes_per_token(cfg: ArchConfig, precision: str = "fp32", position: i
             "bytes_per_token": int(weight_bytes + kv_bytes)}
 
 
-def mean_decode_bytes(cfg: ArchConfig, precision: str, input_len: int, output_len: int) -> dict:
+def mean_decode_bytes(cfg: ArchConfig, precision: str, input_len: int, output_len: int,
+                      image_size: int | None = None) -> dict:
     """decode_bytes_per_token at the mean position of a generation: what a decode-throughput
-    ceiling is read against (host/roofline.py)."""
+    ceiling is read against (host/roofline.py). The image's tokens count as input."""
+    input_len += image_tokens(cfg, image_size)
     if cfg.is_encoder_decoder:
         return decode_bytes_per_token(cfg, precision, position=output_len // 2, source_len=input_len)
     return decode_bytes_per_token(cfg, precision, position=input_len + output_len // 2)
 
 
 def generation_cost(cfg: ArchConfig, input_len: int, output_len: int, precision: str = "fp32",
-                    kv_bytes: float = 4) -> dict:
+                    kv_bytes: float = 4, image_size: int | None = None) -> dict:
     """Everything analytic about one batch-1 generation: FLOPs, weight bytes, KV bytes at the end,
     and the largest activation (the encoder's or the prefill's attention scores, fp32)."""
+    flops = generation_flops(cfg, input_len, output_len, image_size)
+    input_len += image_tokens(cfg, image_size)
     weights = cfg.parameter_count()
     self_len = output_len if cfg.is_encoder_decoder else input_len + output_len - 1
     kv = kv_cache_bytes(cfg, self_len, input_len, kv_bytes)
     scores = 4 * cfg.attn_heads * input_len * input_len
-    return {**generation_flops(cfg, input_len, output_len), "parameters": weights,
+    return {**flops, "parameters": weights,
             "weight_bytes": int(weights * BYTES_PER_PARAM[precision]), **kv,
             "attention_scores_bytes": scores,
             "peak_memory_bytes": int(weights * BYTES_PER_PARAM[precision]) + kv["kv_bytes"] + scores}

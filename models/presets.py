@@ -11,7 +11,10 @@ Positions do not change the parameter count.
 
 from __future__ import annotations
 
+import dataclasses
+
 from slmbench.models.config import ArchConfig, ConfigError, Family
+from slmbench.models.vision import VisionConfig
 
 ED, DO = Family.ENCODER_DECODER, Family.DECODER_ONLY
 
@@ -37,9 +40,24 @@ PRESETS: dict[str, ArchConfig] = {
                                attn_heads=4, kv_heads=2, head_dim=16, ffn=512, max_positions=1024),
 }
 
+# The paper's vision tower (models/vision.py): CLIP ViT-L/14 at 336 px up to its penultimate block,
+# 576 image tokens; and a tiny one for tests (32 px, 8-pixel patches: 16 image tokens).
+CLIP_VIT_L14_336 = VisionConfig(image_size=336, patch=14, width=1024, layers=23, heads=16, mlp=4096)
+TINY_VISION = VisionConfig(image_size=32, patch=8, width=64, layers=2, heads=4, mlp=128)
+
+
+def _with_vision(names: dict[str, str], vision: VisionConfig) -> dict[str, ArchConfig]:
+    """Vision-language presets: the same language blocks as their text presets, plus a tower."""
+    return {vl: dataclasses.replace(PRESETS[text], vision=vision) for vl, text in names.items()}
+
+
+PRESETS.update(_with_vision({"mu-vl-330m": "mu-330m", "deconly-vl-330m": "deconly-330m"}, CLIP_VIT_L14_336))
+PRESETS.update(_with_vision({"mu-vl-tiny": "mu-tiny", "deconly-vl-tiny": "deconly-tiny"}, TINY_VISION))
+
 # The encoder-decoder each decoder-only preset is compared with (same budget).
 PAIRS: dict[str, str] = {"deconly-100m": "mu-100m", "deconly-330m": "mu-330m", "deconly-1b": "mu-1b",
-                         "deconly-tiny": "mu-tiny"}
+                         "deconly-tiny": "mu-tiny", "deconly-vl-330m": "mu-vl-330m",
+                         "deconly-vl-tiny": "mu-vl-tiny"}
 
 
 def get_preset(name: str) -> ArchConfig:

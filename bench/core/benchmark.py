@@ -30,7 +30,7 @@ from slmbench.host.environment import environment
 from slmbench.host.hugepages import back_with_huge_pages
 from slmbench.host.memory import current_rss, peak_rss, reset_peak_rss
 from slmbench.host.roofline import row_roofline
-from slmbench.models import ModelSpec, resolve_model
+from slmbench.models import ModelSpec
 from slmbench.models.cost import BYTES_PER_PARAM, generation_flops, mean_decode_bytes
 from slmbench.results import append_rows, check_writable
 from slmbench.rows import measured_row
@@ -67,9 +67,10 @@ def _memory_alone(config: dict, spec: ModelSpec, cache_dir) -> dict:
     loaded = prepare_and_load(run, spec, cache_dir, log=lambda message: None)
     after = current_rss()
     settings = run.settings
+    given = model_inputs(settings, spec)
     try:
-        phases = memory_by_phase(loaded.runner, model_inputs(settings, spec).slots[0], settings.output_len,
-                                 spec.config.is_encoder_decoder, spec.config.decoder_start_token, after)
+        phases = memory_by_phase(loaded.runner, given.slots[0], settings.output_len, spec.config.is_encoder_decoder,
+                                 spec.config.decoder_start_token, after, given.pixels)
     finally:
         loaded.runner.close()
     return {"load_bytes": loaded.load_rss_delta, **phases,
@@ -93,7 +94,7 @@ def prepare_and_load(config: RunConfig, spec: ModelSpec | None = None, cache_dir
                      runner=None) -> Loaded:
     """Export (or reuse) the artifact, load it, time the load, and refuse a device the runtime did
     not really give us, before anything is timed. `runner` defaults to the config's runtime's."""
-    spec = spec or resolve_model(config.model)
+    spec = spec or config.spec()
     if runner is None:
         runner = select_runner(config.device, config.runtime)(config.device, config.threads, config.option_dict)
     log(f"preparing {spec.name} for {config.runtime}/{config.device} ({config.precision})")
@@ -129,10 +130,10 @@ def result_row(config: RunConfig, subject: Subject, loaded: Loaded, group: str, 
     record = artifact.manifest.get("record")
     store = Path(record).parent if record else artifact.path.parent if artifact.path else default_cache_dir()
     if config.precision in BYTES_PER_PARAM and not config.loop:  # overhead loops: no ceiling needed
-        roofline = row_roofline(mean_decode_bytes(spec.config, config.precision, s.input_len, s.output_len),
+        roofline = row_roofline(mean_decode_bytes(spec.config, config.precision, s.input_len, s.output_len, spec.image),
                                 config.threads, store, (metrics.get("decode_tps") or {}).get("median"), batch)
     if config.device == "cpu":
-        flops = generation_flops(spec.config, s.input_len, s.output_len)["first_token_flops"] * batch
+        flops = generation_flops(spec.config, s.input_len, s.output_len, spec.image)["first_token_flops"] * batch
         compute = row_compute_ceiling(flops, config.runtime, load.compute_precision, config.threads, store,
                                       (metrics.get("ttft_s") or {}).get("median"))
     return measured_row(
@@ -144,8 +145,7 @@ def result_row(config: RunConfig, subject: Subject, loaded: Loaded, group: str, 
         load_s=load.load_s, compile_s=load.compile_s, load_rss_delta_bytes=loaded.load_rss_delta,
         huge_pages=loaded.huge_pages, peak_device_memory_bytes=runner.peak_device_memory(),
         tokens_generated=subject.reps[0].tokens,
-        repetitions=[{"timestamps_ns": r.timestamps_ns, "encoder_end_ns": r.encoder_end_ns} for r in subject.reps],
-        cold={"timestamps_ns": subject.cold.timestamps_ns, "encoder_end_ns": subject.cold.encoder_end_ns},
+        repetitions=[r.record() for r in subject.reps], cold=subject.cold.record(),
         warmup_count=len(subject.warmups), warnings=warnings, contention=subject.contention.summary(),
         artifact={"key": artifact.key, "path": str(artifact.path) if artifact.path else None,
                   "format": artifact.manifest["format"], "spec_hash": artifact.manifest["spec_hash"],
@@ -155,7 +155,25 @@ def result_row(config: RunConfig, subject: Subject, loaded: Loaded, group: str, 
                   "weight_bytes": artifact.weight_bytes, "variant": artifact.manifest.get("variant"),
                   **_own_export(artifact.manifest)},
         roofline=roofline, compute_roofline=compute, **({"text": inputs.text} if inputs and inputs.text else {}),
-        **fields)
+        **({"vision": vision_fields(spec, s, artifact.manifest)} if spec.image is not None else {}), **fields)
+
+
+def vision_fields(spec: ModelSpec, settings, manifest: dict) -> dict:
+    """What a vision model's row says of its image: size, tokens, the tower's parameters and FLOPs,
+    its parity, and the KV bytes each decode step reads with the image's tokens in the cache
+    (encoder-decoder: its cross-attention K/V over image + text; decoder-only: its self-attention
+    cache, whose prefix they are), beside what the text alone would make them."""
+    from slmbench.models.cost import decode_bytes_per_token, vision_flops
+
+    cfg, n = spec.config, spec.image_tokens
+    middle = settings.output_len // 2
+    kv = lambda image: decode_bytes_per_token(cfg, "fp32", *(
+        (middle, settings.input_len + image) if cfg.is_encoder_decoder else
+        (settings.input_len + image + middle, 0)))["kv_bytes"]
+    return {"image_size": spec.image, "image_tokens": n, "native_image_size": cfg.vision.image_size,
+            "tower_parameters": cfg.vision.parameter_count(cfg.hidden), "vision_flops": vision_flops(cfg, spec.image),
+            "parity_max_abs_diff": ((manifest.get("parity") or {}).get("vision") or {}).get("max_abs_diff"),
+            "kv_bytes_per_token": kv(n), "kv_bytes_per_token_text_only": kv(0), "kv_at": f"decode step {middle}, fp32"}
 
 
 def _own_export(manifest: dict) -> dict:
@@ -185,19 +203,19 @@ def run_benchmark(configs: Sequence[RunConfig], results: Path | str | None = Non
     (bounded) for a quiet machine before measuring and records nothing when the run competed."""
     configs = list(configs)
     check_one_run(configs)
-    specs = list(specs) if specs is not None else [resolve_model(c.model) for c in configs]
+    specs = list(specs) if specs is not None else [c.spec() for c in configs]
     settings = configs[0].settings  # the repetitions' (check_one_run: shared by all)
     for config, spec in zip(configs, specs, strict=True):
-        config.settings.check_fits(spec.name, spec.config)
+        config.settings.check_fits(spec.name, spec.config, spec.image_tokens)
     inputs = [model_inputs(c.settings, spec) for c, spec in zip(configs, specs, strict=True)]  # tokenized here
     if results is not None:
         check_writable(results)
-    for config in configs:
-        select_runner(config.device, config.runtime)  # an absent device fails before any export
+    for config, spec in zip(configs, specs, strict=True):  # an absent device, a model it cannot run: before exports
+        select_runner(config.device, config.runtime).check_model(spec, config.precision, config.option_dict)
     group = uuid.uuid4().hex[:12]
     loaded = [prepare_and_load(c, spec, cache_dir, log) for c, spec in zip(configs, specs, strict=True)]
-    subjects = [Subject(label, item.runner, item.spec.config.is_encoder_decoder, item.spec.config.decoder_start_token)
-                for label, item in zip(_labels(configs), loaded, strict=True)]
+    subjects = [Subject(label, item.runner, item.spec.config.is_encoder_decoder, item.spec.config.decoder_start_token,
+                        given.pixels) for label, item, given in zip(_labels(configs), loaded, inputs, strict=True)]
     feed = {s.label: given.cycle() for s, given in zip(subjects, inputs, strict=True)}
     gc.collect()
     if require_quiet:
@@ -211,7 +229,7 @@ def run_benchmark(configs: Sequence[RunConfig], results: Path | str | None = Non
         f"output {settings.output_len} (interleaved; >= {settings.min_reps} reps and >= {settings.min_time_s:g}s each)")
     try:
         measure([subjects], settings, lambda s: generate(s.runner, feed[s.label](), settings.output_len,
-                                                         s.encoder_decoder, s.start_token), progress)
+                                                         s.encoder_decoder, s.start_token, s.pixels), progress)
         peak = peak_rss()
     finally:
         for subject in subjects:

@@ -25,6 +25,7 @@ class ModelInput:
 
     slots: list[np.ndarray]
     text: dict | None = None
+    pixels: np.ndarray | None = None  # a vision model's image, the same every repetition (models/vision.py)
 
     def cycle(self):
         """A function returning the next slot's ids on each call."""
@@ -39,7 +40,17 @@ class ModelInput:
 
 
 def model_inputs(settings: RunSettings, spec) -> ModelInput:
-    """The ids `spec` is fed under `settings` (random ids when there is no text or no tokenizer)."""
+    """The ids `spec` is fed under `settings` (random ids when there is no text or no tokenizer),
+    and a vision model's image (pixels from a fixed seed)."""
+    given = _token_inputs(settings, spec)
+    if spec.image is not None:
+        from slmbench.models.vision import fixed_image
+
+        given.pixels = fixed_image(settings.batch, spec.image, settings.seed)
+    return given
+
+
+def _token_inputs(settings: RunSettings, spec) -> ModelInput:
     text = settings.text
     if text is None:
         return ModelInput([make_inputs(settings, spec.config.vocab_size)])
@@ -50,7 +61,7 @@ def model_inputs(settings: RunSettings, spec) -> ModelInput:
                            "input_words": None})
     ids, how, tokenizer = text.token_ids(spec, settings.input_len)
     cfg = spec.config
-    longest = max(map(len, ids))
+    longest = max(map(len, ids)) + spec.image_tokens
     need = longest if cfg.is_encoder_decoder else longest + settings.output_len
     if need > cfg.max_positions:
         raise InvalidOption(f"{spec.name}: a prompt is {longest} tokens, {need} positions with the output; the "

@@ -1,8 +1,10 @@
 """The measurement: one greedy fixed-length loop over a runner's primitives, and the timing.
 
 Timestamps come from `time.perf_counter_ns` at exactly these points (docs/metrics.md):
-t_0 when the input ids are handed to the runtime; for an encoder-decoder, t_enc when the encoder
-(with the cross-attention K/V) is done; t_i when generated token i is on the host. EOS is ignored;
+t_0 when the input (the image's pixels first, for a vision model, then the ids) is handed to the
+runtime; for a vision model, t_vis when the tower's image embeddings are ready; for an
+encoder-decoder, t_enc when the encoder (with the cross-attention K/V) is done; t_i when generated
+token i is on the host. EOS is ignored;
 generation always produces `output_len` tokens. Several subjects (models, runtimes) measured
 together are interleaved repetition by repetition, so machine drift hits them alike.
 """
@@ -27,13 +29,19 @@ class Repetition:
 
     timestamps_ns: list[int]
     encoder_end_ns: int | None = None
+    vision_end_ns: int | None = None
 
     @property
     def tokens(self) -> int:
         return len(self.timestamps_ns) - 1
 
     def metrics(self, batch: int) -> dict[str, float | None]:
-        return repetition_metrics(self.timestamps_ns, self.encoder_end_ns, batch)
+        return repetition_metrics(self.timestamps_ns, self.encoder_end_ns, batch, self.vision_end_ns)
+
+    def record(self) -> dict:
+        """The raw timestamps as a row keeps them."""
+        return {"timestamps_ns": self.timestamps_ns, "encoder_end_ns": self.encoder_end_ns,
+                **({"vision_end_ns": self.vision_end_ns} if self.vision_end_ns is not None else {})}
 
     def itl_s(self) -> list[float]:
         t = np.asarray(self.timestamps_ns, dtype=np.float64) * 1e-9
@@ -41,16 +49,20 @@ class Repetition:
 
 
 def generate(runner, input_ids: np.ndarray, output_len: int, encoder_decoder: bool,
-             start_token: int) -> tuple[Repetition, np.ndarray]:
-    """One timed greedy generation of exactly `output_len` tokens. Returns raw times and tokens."""
+             start_token: int, pixels: np.ndarray | None = None) -> tuple[Repetition, np.ndarray]:
+    """One timed greedy generation of exactly `output_len` tokens, after the image through the
+    vision tower when there is one. Returns raw times and tokens."""
     runner.start(input_ids, output_len)
     clock = time.perf_counter_ns
     tokens = np.empty((input_ids.shape[0], output_len), np.int64)
     stamps = [0] * (output_len + 1)
-    encoder_end = None
+    encoder_end = vision_end = None
     # The decoder's first input is built before t_0: nothing but the runtime's work is timed.
     first = np.full((input_ids.shape[0], 1), start_token, np.int64) if encoder_decoder else input_ids
     t0 = clock()
+    if pixels is not None:
+        runner.encode_image(pixels)
+        vision_end = clock()
     if encoder_decoder:
         runner.encode(input_ids)
         encoder_end = clock()
@@ -62,24 +74,28 @@ def generate(runner, input_ids: np.ndarray, output_len: int, encoder_decoder: bo
         stamps[i + 1] = clock()
         tokens[:, i] = step
     stamps[0] = t0
-    return Repetition([s - t0 for s in stamps], None if encoder_end is None else encoder_end - t0), tokens
+    since = lambda t: None if t is None else t - t0
+    return Repetition([s - t0 for s in stamps], since(encoder_end), since(vision_end)), tokens
 
 
 def memory_by_phase(runner, input_ids: np.ndarray, output_len: int, encoder_decoder: bool,
-                    start_token: int, loaded_rss: int | None) -> dict:
+                    start_token: int, loaded_rss: int | None, pixels: np.ndarray | None = None) -> dict:
     """One untimed generation on a just-loaded runner, reading the process's memory high-water mark
-    around each phase: how far above the RSS after loading (`loaded_rss`) the first token (encoder +
-    first step, or the prefill) and the decoding take it. On a device with memory of its own
-    (CUDA), also the process's device memory after loading and how far each phase grew it: the
-    runtimes' pools (ONNX Runtime's arena, torch's caching allocator) keep what they reserve, so the
-    reading after a phase is the high-water mark up to it. Run it in a process of its own (an arena
-    keeps what earlier generations allocated), never inside timed repetitions."""
+    around each phase: how far above the RSS after loading (`loaded_rss`) the first token (the
+    vision tower if any, encoder + first step, or the prefill) and the decoding take it. On a
+    device with memory of its own (CUDA), also the process's device memory after loading and how
+    far each phase grew it: the runtimes' pools (ONNX Runtime's arena, torch's caching allocator)
+    keep what they reserve, so the reading after a phase is the high-water mark up to it. Run it in
+    a process of its own (an arena keeps what earlier generations allocated), never inside timed
+    repetitions."""
     from slmbench.host.memory import peak_rss, reset_peak_rss
 
     runner.start(input_ids, output_len)
     host = loaded_rss is not None and reset_peak_rss()
     device_loaded = runner.device_memory_in_use()
     first = np.full((input_ids.shape[0], 1), start_token, np.int64) if encoder_decoder else input_ids
+    if pixels is not None:
+        runner.encode_image(pixels)
     if encoder_decoder:
         runner.encode(input_ids)
     step = runner.decode(first)
@@ -106,6 +122,7 @@ class Subject:
     runner: object
     encoder_decoder: bool
     start_token: int = 0
+    pixels: np.ndarray | None = None  # a vision model's image, the same every repetition
     cold: Repetition | None = None
     warmups: list[Repetition] = field(default_factory=list)
     reps: list[Repetition] = field(default_factory=list)

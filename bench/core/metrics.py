@@ -4,7 +4,8 @@ Both are defined here once and used by the measurement (row statistics), the ter
 report, the regression gate and gpu_check.py, so a TTFT or a pair cannot mean two things.
 
 Per repetition (README, "What is measured"): with t_0 = 0 and t_i when token i is on the host,
-TTFT = t_1; encoder = t_enc (encoder-decoder); first decoder step (the prefill) = t_1 - t_enc;
+TTFT = t_1; vision = t_vis (a vision model's tower; t_vis = t_0 without one); encoder = t_enc -
+t_vis (encoder-decoder); first decoder step (the prefill) = t_1 - t_enc (decoder-only: t_1 - t_vis);
 TPOT = (t_N - t_1) / (N - 1); decode tok/s = batch / TPOT; e2e = t_N; e2e tok/s = batch·N / t_N;
 step = the median inter-token latency (what the gate's decode ratios use: a time slice lost to
 another job moves it far less than the mean).
@@ -21,21 +22,25 @@ from slmbench.config import peer_key
 from slmbench.host.environment import machine_of
 
 ED, DO = "encoder-decoder", "decoder-only"
-ROW_METRICS = ("ttft_s", "encoder_s", "prefill_s", "tpot_s", "decode_tps", "e2e_s", "e2e_tps")
+ROW_METRICS = ("ttft_s", "vision_s", "encoder_s", "prefill_s", "tpot_s", "decode_tps", "e2e_s", "e2e_tps")
 
 
-def repetition_metrics(timestamps_ns, encoder_end_ns: int | None, batch: int) -> dict[str, float | None]:
+def repetition_metrics(timestamps_ns, encoder_end_ns: int | None, batch: int,
+                       vision_end_ns: int | None = None) -> dict[str, float | None]:
     """Every per-repetition metric of one generation (seconds; None where undefined)."""
     t = np.asarray(timestamps_ns, dtype=np.float64) * 1e-9
     n = len(t) - 1
     ttft = t[1] - t[0]
     tpot = (t[n] - t[1]) / (n - 1) if n > 1 else None
-    encoder = encoder_end_ns * 1e-9 if encoder_end_ns is not None else None
+    vision = vision_end_ns * 1e-9 if vision_end_ns is not None else None
+    encoder_end = encoder_end_ns * 1e-9 if encoder_end_ns is not None else None
+    encoder = encoder_end - (vision or 0.0) if encoder_end is not None else None
     itl = np.diff(t[1:])
     return {
         "ttft_s": ttft,
+        "vision_s": vision,
         "encoder_s": encoder,
-        "prefill_s": ttft - encoder if encoder is not None else ttft,
+        "prefill_s": ttft - (encoder_end if encoder_end is not None else vision or 0.0),
         "tpot_s": tpot,
         "decode_tps": batch / tpot if tpot else None,
         "e2e_s": t[n] - t[0],
@@ -48,7 +53,7 @@ def repetition_metrics(timestamps_ns, encoder_end_ns: int | None, batch: int) ->
 def row_repetitions(row: dict) -> list[dict]:
     """The per-repetition metrics of every warm repetition a row keeps, in measurement order."""
     batch = row.get("batch") or 1
-    return [repetition_metrics(r["timestamps_ns"], r.get("encoder_end_ns"), batch)
+    return [repetition_metrics(r["timestamps_ns"], r.get("encoder_end_ns"), batch, r.get("vision_end_ns"))
             for r in row.get("repetitions") or [] if len(r.get("timestamps_ns") or ()) >= 2]
 
 

@@ -25,6 +25,12 @@ def _where(row: dict) -> str:
     return f"{row.get('runtime')}/{row.get('device')}" + (f" {row['mode']}" if row.get("mode") else "")
 
 
+def _in_out(row: dict) -> str:
+    """Input/output tokens; a vision model's image tokens beside its text's."""
+    image = f"+{row['vision']['image_tokens']}img" if row.get("vision") else ""
+    return f"{row['input_len']}{image}/{row['output_len']}"
+
+
 def summary_table(rows: list[dict], title: str = "slmbench results") -> Table:
     table = Table(title=title, title_justify="left")
     for col in ("model", "family", "params", "runtime/device", "precision", "in/out", "TTFT p50", "TTFT p90",
@@ -40,7 +46,7 @@ def summary_table(rows: list[dict], title: str = "slmbench results") -> Table:
         tps = row_stat(r, "decode_tps")
         table.add_row(
             r["model"], r["family"], f"{r['parameters'] / 1e6:.0f}M", _where(r),
-            str(r.get("precision") or "-"), f"{r['input_len']}/{r['output_len']}", fmt_s(row_stat(r, "ttft_s")),
+            str(r.get("precision") or "-"), _in_out(r), fmt_s(row_stat(r, "ttft_s")),
             fmt_s(row_stat(r, "ttft_s", "p90")),
             fmt_s(row_stat(r, "encoder_s")), fmt_s(row_stat(r, "tpot_s")), f"{tps:.1f}" if tps else "-",
             fmt_s(row_stat(r, "e2e_s")), fmt_s(r.get("cold_ttft_s")), fmt_s(r.get("load_s")),
@@ -100,6 +106,27 @@ def runtime_table(rows: list[dict]) -> Table:
                           f"{ttft / row_stat(base, 'ttft_s'):.2f}x" if ttft and row_stat(base, "ttft_s") else "-",
                           f"{tps:.1f}" if tps else "-",
                           f"{tps / row_stat(base, 'decode_tps'):.2f}x" if tps and row_stat(base, "decode_tps") else "-")
+    return table
+
+
+def vision_table(rows: list[dict]) -> Table | None:
+    """Where a vision model's first token goes: the tower, the encoder (encoder-decoder), the prefill
+    or first decoder step, and the KV bytes each decode step reads with the image's tokens in the
+    cache against the text alone's. None when no row had an image."""
+    seen = [r for r in rows if r.get("status") == "ok" and r.get("vision")]
+    if not seen:
+        return None
+    table = Table(title="vision input: the first token, split (medians), and the KV cache read per decode step",
+                  title_justify="left")
+    for col in ("model", "runtime", "image", "vision tower", "encoder", "prefill / first step", "TTFT",
+                "decode tok/s", "KV MB/token (text alone)"):
+        table.add_column(col, justify="left" if col in ("model", "runtime") else "right")
+    for r in seen:
+        v, tps = r["vision"], row_stat(r, "decode_tps")
+        table.add_row(r["model"], r["runtime"], f"{v['image_size']} px, {v['image_tokens']} tokens",
+                      fmt_s(row_stat(r, "vision_s")), fmt_s(row_stat(r, "encoder_s")), fmt_s(row_stat(r, "prefill_s")),
+                      fmt_s(row_stat(r, "ttft_s")), f"{tps:.1f}" if tps else "-",
+                      f"{_mb(v['kv_bytes_per_token'])} ({_mb(v['kv_bytes_per_token_text_only'])})")
     return table
 
 

@@ -14,6 +14,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from slmbench.errors import InvalidOption
+
 
 @dataclass(frozen=True)
 class Availability:
@@ -48,6 +50,20 @@ class Runner(ABC):
         """Whether this runtime can run on `device` here, and if not, why (one line)."""
 
     option_names: ClassVar[frozenset[str]] = frozenset()  # the options this runtime takes
+    takes_images: ClassVar[bool] = False  # runs a vision model's tower graph (encode_image)
+
+    @classmethod
+    def check_model(cls, spec, precision: str, options: dict) -> None:
+        """Refuse, in one line and before anything is exported, a model this runtime cannot run as
+        configured: a vision model where its graphs do not exist."""
+        if spec.image is None:
+            return
+        if not cls.takes_images:
+            raise InvalidOption(f"{spec.name} is a vision model: {cls.runtime} has no vision graphs; use --runtime "
+                                "onnxruntime or openvino")
+        if precision not in ("fp32", "bf16"):
+            raise InvalidOption(f"{spec.name} is a vision model: it runs at fp32 or bf16 (its tower's {precision} "
+                                "conversion is not built)")
 
     @classmethod
     def run_options(cls, device: str, settings, options: dict | None) -> dict:
@@ -66,6 +82,11 @@ class Runner(ABC):
     @abstractmethod
     def start(self, input_ids: np.ndarray, max_new_tokens: int) -> None:
         """Untimed per-request set-up: reset the KV cache, preallocate buffers."""
+
+    def encode_image(self, pixels: np.ndarray) -> None:
+        """Vision models only: run the tower to completion and keep its image embeddings on the
+        device for the next `encode` (encoder-decoder) or the prefill `decode` (decoder-only)."""
+        raise NotImplementedError(f"{self.runtime} runner has no vision tower")
 
     def encode(self, input_ids: np.ndarray) -> None:
         """Encoder-decoder only: run the encoder (and the cross-attention K/V) to completion."""

@@ -11,6 +11,10 @@ The user's own optimum exports (`onnx:DIR`, slmbench.exporters.byo) run on the s
 bindings; their manifest's `layout` says what each input is fed (attention mask, positions, the
 merged decoder's branch flag), which graph runs a step, and how present K/V map onto past inputs.
 Their graphs have no in-graph argmax: the last position's logits come to the host for it.
+
+A vision model's tower writes its image embeddings to an OrtValue on the run device, bound as the
+encoder's (or the prefill's) `image_embeds`; a decoder-only model's later steps are bound an empty
+image, once, when the prefill has run.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class OnnxRuntimeRunner(Runner):
     runtime = "onnxruntime"
     devices = ("cpu", "cuda")
     artifact_format = "onnx"
+    takes_images = True
 
     @classmethod
     def availability(cls, device: str) -> Availability:
@@ -106,6 +111,8 @@ class OnnxRuntimeRunner(Runner):
         self.decoder = self._session(artifact.graph_path("decoder"))
         self.encoder = self._session(artifact.graph_path("encoder")) if "encoder" in manifest["graphs"] else None
         self.first = self._session(artifact.graph_path("first")) if "first" in manifest["graphs"] else None
+        self.vision = self._session(artifact.graph_path("vision")) if "vision" in manifest["graphs"] else None
+        self.hidden = (manifest.get("vision") or {}).get("hidden")
         compile_s = time.perf_counter() - started
         self.graphs = manifest["graphs"]
         self.ort_device = "cuda" if self.device == "cuda" else "cpu"
@@ -153,6 +160,22 @@ class OnnxRuntimeRunner(Runner):
         self._bind_outputs()
         self._step_ids = np.zeros((batch, 1), np.int64)
         self._step_value = self._ortvalue(self._step_ids) if self.device == "cpu" else None
+        self._image = None  # the image embeddings the next encode / prefill reads
+        if self.vision is not None:
+            self._no_image = self._ortvalue(np.zeros((batch, 0, self.hidden), np.float32))
+            if self.encoder is None:
+                b.bind_ortvalue_input("image_embeds", self._no_image)
+
+    def encode_image(self, pixels: np.ndarray) -> None:
+        """The vision tower to completion, its output left on the run device for the next graph."""
+        binding = self.vision.io_binding()
+        binding.bind_cpu_input("pixel_values", np.ascontiguousarray(pixels))
+        binding.bind_output("image_embeds", self.ort_device)
+        self.vision.run_with_iobinding(binding)
+        binding.synchronize_outputs()  # the tower's time ends when its output is ready
+        self._image = binding.get_outputs()[0]
+        if self.encoder is None:
+            self.binding.bind_ortvalue_input("image_embeds", self._image)
 
     def _bind_outputs(self) -> None:
         """Let ORT allocate each output afresh: the present K/V grows by one row per step. All stay
@@ -167,6 +190,10 @@ class OnnxRuntimeRunner(Runner):
             return self._encode_layout(input_ids, mask)
         enc = self.encoder.io_binding()
         enc.bind_cpu_input("input_ids", input_ids)
+        if self.vision is not None:
+            image = self._no_image if self._image is None else self._image
+            enc.bind_ortvalue_input("image_embeds", image)
+            mask = np.ones((input_ids.shape[0], image.shape()[1] + input_ids.shape[1]), np.int64)
         enc.bind_cpu_input("attention_mask", mask)
         for name in self.graphs["encoder"]["outputs"]:
             enc.bind_output(name, self.ort_device)
@@ -192,6 +219,9 @@ class OnnxRuntimeRunner(Runner):
         for name, value in zip(self.past_names, outputs[2:]):
             b.bind_ortvalue_input(name, value)
         self._bind_outputs()
+        if self._image is not None and self.encoder is None:  # the prefill read the image: none from here
+            b.bind_ortvalue_input("image_embeds", self._no_image)
+            self._image = None
         return outputs[1].numpy()
 
     # ---- the user's own exports (manifest["layout"], slmbench.exporters.byo) ----
@@ -250,10 +280,10 @@ class OnnxRuntimeRunner(Runner):
         on the same session, binding and buffers, as a plain loop of ONNX Runtime's own calls with
         nothing of the harness between them. Its bindings must stay in step with decode().
         Returns (timestamps_ns from t_0, encoder end or None, tokens), what measure.generate times."""
-        if self.layout:
+        if self.layout or self.vision is not None:
             from slmbench.errors import InvalidOption
 
-            raise InvalidOption("the bare loop for harness overhead exists for slmbench's own exports only")
+            raise InvalidOption("the bare loop for harness overhead exists for slmbench's own text exports only")
         self.start(input_ids, output_len)  # untimed per-request set-up, as for the harness
         b, run, clock = self.binding, self.decoder.run_with_iobinding, time.perf_counter_ns
         past, step_ids, step_value = self.past_names, self._step_ids, self._step_value
@@ -289,7 +319,7 @@ class OnnxRuntimeRunner(Runner):
         return [s - t0 for s in stamps], None if encoder_end is None else encoder_end - t0, tokens
 
     def close(self) -> None:
-        self.decoder = self.encoder = self.first = self.binding = None
+        self.decoder = self.encoder = self.first = self.vision = self.binding = None
 
 
 def check_provider(requested: str, got: list[str]) -> None:

@@ -11,6 +11,7 @@ so their repetitions interleave and their ratio is measured in the same run (doc
 
 from __future__ import annotations
 
+import itertools
 import math
 import tomllib
 from dataclasses import asdict, dataclass, replace
@@ -45,6 +46,7 @@ class Grid:
     batch_sizes: tuple[int, ...] = (1,)
     threads: int | None = None  # None: the machine's physical cores, resolved when expanding
     pair_models: bool = True
+    image_sizes: tuple[int, ...] = ()  # vision models' images (pixels a side); (): each tower's native size
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,7 @@ _GRID_LISTS = {
     "input_lens": int,
     "output_lens": int,
     "batch_sizes": int,
+    "image_sizes": int,
 }
 _GRID_OTHER = ("threads", "pair_models")
 _REPS = ("warmup", "min_reps", "min_time_s", "max_reps", "seed", "target_ci")
@@ -230,6 +233,17 @@ def _grid(path: str, table, text: bool = False) -> Grid:
             resolve_model(model)
         except (ConfigError, BenchError) as exc:
             raise SweepFileError(f"{_where(path, f'grid.models[{i}]')}: {exc}") from None
+    towers = [(m, resolve_model(m).config.vision) for m in values["models"] if ":" not in m]
+    towers = [(m, v) for m, v in towers if v is not None]
+    if values.get("image_sizes") and not towers:
+        raise SweepFileError(f"{_where(path, 'grid.image_sizes')}: none of the models takes an image "
+                             "(vision presets: mu-vl-330m, deconly-vl-330m, ...)")
+    for i, size in enumerate(values.get("image_sizes", ())):
+        for model, vision in towers:
+            try:
+                vision.check_image_size(size)
+            except ConfigError as exc:
+                raise SweepFileError(f"{_where(path, f'grid.image_sizes[{i}]')}: {model}: {exc}") from None
     _choice(path, "grid.devices", values.get("devices", ()), DEVICES)
     _choice(path, "grid.runtimes", values.get("runtimes", ()), known_runtimes())
     _choice(path, "grid.precisions", values.get("precisions", ()), PRECISIONS)
@@ -452,14 +466,19 @@ def model_units(models: tuple[str, ...], pair: bool) -> list[tuple[str, ...]]:
 
 
 def _model_settings(model: str, settings: RunSettings) -> RunSettings | str:
-    """The model's settings (under a text as is, its own token count of it), or why it cannot hold them."""
+    """The model's settings (under a text as is, its own token count of it; a text model's without
+    the grid's image size), or why it cannot hold them."""
     from slmbench.models import resolve_model
+    from slmbench.models.config import ConfigError
 
     spec = resolve_model(model)
+    if spec.config.vision is None:
+        settings = replace(settings, image_size=None)
     try:
+        spec = spec.with_image_size(settings.image_size)
         settings = settings.for_model(spec)
-        settings.check_fits(model, spec.config)
-    except InvalidOption as exc:
+        settings.check_fits(model, spec.config, spec.image_tokens)
+    except (InvalidOption, ConfigError) as exc:
         return str(exc)
     return settings
 
@@ -503,14 +522,15 @@ def expand(sweep: Sweep) -> tuple[list[Configuration], list[str]]:
                 continue
             for batch in g.batch_sizes:
                 for output_len in g.output_lens:
-                    for input_len in g.input_lens or (None,):  # None: the text as is
-                        settings = RunSettings(
+                    for input_len, image_size in itertools.product(g.input_lens or (None,), g.image_sizes or (None,)):
+                        settings = RunSettings(  # input_len None: the text as is
                             **{
                                 **asdict(reps),
                                 "batch": batch,
                                 "input_len": input_len or RunSettings.input_len,
                                 "output_len": output_len,
                                 "text": sweep.text,
+                                "image_size": image_size,
                             }
                         )
                         for whole in units:
@@ -518,7 +538,8 @@ def expand(sweep: Sweep) -> tuple[list[Configuration], list[str]]:
                             for model in whole:  # a pair whose partner cannot hold the lengths runs alone
                                 mine = _model_settings(model, settings)
                                 if isinstance(mine, str):
-                                    shape = "the text" if input_len is None else f"input {input_len}"
+                                    shape = ("the text" if input_len is None else f"input {input_len}") + (
+                                        f", image {image_size}" if image_size else "")
                                     note = f"left out {model} at {shape}, output {output_len}: {mine}"
                                     if note not in notes:
                                         notes.append(note)

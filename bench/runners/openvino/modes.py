@@ -154,7 +154,8 @@ class Stateful(Mode):
         if "layout" in manifest:  # a user's own IR (slmbench.exporters.byo)
             return LayoutSession(compiled, manifest)
         return StatefulSession(compiled["decoder"], compiled.get("encoder"), manifest["kv"],
-                               manifest["graphs"]["decoder"]["inputs"])
+                               manifest["graphs"]["decoder"]["inputs"], compiled.get("vision"),
+                               (manifest.get("vision") or {}).get("hidden"))
 
 
 class Shaped(Mode):

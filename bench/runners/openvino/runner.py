@@ -159,6 +159,15 @@ class OpenVinoRunner(Runner):
     artifact_format = "openvino"
 
     option_names = frozenset(OPTIONS)
+    takes_images = True
+
+    @classmethod
+    def check_model(cls, spec, precision, options):
+        super().check_model(spec, precision, options)
+        mode = options.get("mode")
+        if spec.image is not None and mode not in (None, "stateful"):
+            raise InvalidOption(f"{spec.name} is a vision model: OpenVINO runs its tower in mode stateful only, "
+                                f"not {mode} (the static graphs take no image yet)")
 
     def __init__(self, device: str, threads: int | None = None, options: dict | None = None):
         super().__init__(device, threads, options)
@@ -306,6 +315,9 @@ class OpenVinoRunner(Runner):
     def start(self, input_ids: np.ndarray, max_new_tokens: int) -> None:
         self.mode.check_request(input_ids, max_new_tokens)
         self.session.start(input_ids, max_new_tokens)
+
+    def encode_image(self, pixels: np.ndarray) -> None:
+        self.session.encode_image(pixels)
 
     def encode(self, input_ids: np.ndarray) -> None:
         self.session.encode(input_ids)

@@ -15,10 +15,12 @@ class StatefulSession:
 
     The prompt's ids go in once; each later step writes its one token id into a preallocated
     buffer already bound to the request, so a step sets no tensor. Only `next_token` (in-graph
-    argmax) is read back.
+    argmax) is read back. A vision model's tower (`vision`) writes the image embeddings into its
+    own output tensor, which is bound as the encoder's (or the prefill's) `image_embeds` as it is:
+    no copy; a decoder-only model's later steps see an empty image.
     """
 
-    def __init__(self, decoder, encoder, kv: dict, inputs: list[str]):
+    def __init__(self, decoder, encoder, kv: dict, inputs: list[str], vision=None, hidden: int | None = None):
         import openvino as ov
 
         self._ov = ov
@@ -36,7 +38,10 @@ class StatefulSession:
         self._next = decoder.output("next_token")
         self._logits = decoder.output("logits")
         if encoder is not None:
-            require_inputs(encoder, ["input_ids", "attention_mask"], "encoder")
+            require_inputs(encoder, ["input_ids", "attention_mask", *(["image_embeds"] if vision else [])],
+                           "encoder")
+        self.vision = vision.create_infer_request() if vision is not None else None
+        self.hidden = hidden
 
     def _set(self, name: str, tensor) -> None:
         self.request.set_tensor(name, tensor)
@@ -57,12 +62,29 @@ class StatefulSession:
         self._checked = False
         if "beam_idx" in self.inputs:  # the cache's batch order (exporters/openvino.add_beam_idx): unchanged
             self._set("beam_idx", self._ov.Tensor(np.arange(batch, dtype=np.int32)))
+        self._image = None  # the image embeddings the next encode / prefill reads
+        if self.vision is not None:
+            self._no_image = self._ov.Tensor(np.zeros((batch, 0, self.hidden), np.float32))
+            if "image_embeds" in self.inputs:
+                self._set("image_embeds", self._no_image)
+
+    def encode_image(self, pixels: np.ndarray) -> None:
+        """The vision tower to completion; its output stays where it is, bound for the next graph."""
+        self.vision.set_tensor("pixel_values", self._ov.Tensor(np.ascontiguousarray(pixels)))
+        self.vision.start_async()
+        self.vision.wait()
+        self._image = self.vision.get_tensor("image_embeds")
+        if "image_embeds" in self.inputs:  # decoder-only: the prefill reads it
+            self._set("image_embeds", self._image)
 
     def encode(self, input_ids: np.ndarray) -> None:
         ov, enc = self._ov, self.encoder
-        mask = ov.Tensor(np.ones_like(input_ids))
+        image = 0 if self._image is None else self._image.shape[1]
+        mask = ov.Tensor(np.ones((input_ids.shape[0], image + input_ids.shape[1]), np.int64))
         enc.set_tensor("input_ids", ov.Tensor(np.ascontiguousarray(input_ids)))
         enc.set_tensor("attention_mask", mask)
+        if self.vision is not None:
+            enc.set_tensor("image_embeds", self._no_image if self._image is None else self._image)
         enc.start_async()
         enc.wait()
         for name in self.cross:  # bound once per request: the decoder reads the encoder's own outputs
@@ -81,6 +103,9 @@ class StatefulSession:
         if not self._checked:
             require_fed(self._fed, self.inputs)
             self._checked = True
+        elif self._image is not None and "image_embeds" in self.inputs:  # after the prefill: no image
+            self.request.set_tensor("image_embeds", self._no_image)
+            self._image = None
         self.request.start_async()
         self.request.wait()
         return self.request.get_tensor(self._next).data.copy()
@@ -92,6 +117,10 @@ class StatefulSession:
         """The floor for harness overhead (slmbench.tools.overhead): the same requests, tensors and
         buffers as encode/decode, driven by a plain loop of OpenVINO's own calls. Keep in step
         with decode(). Returns (timestamps_ns from t_0, encoder end or None, tokens)."""
+        if self.vision is not None:
+            from slmbench.errors import InvalidOption
+
+            raise InvalidOption("the bare loop for harness overhead exists for text models only")
         self.start(input_ids, output_len)
         request, clock, step = self.request, time.perf_counter_ns, self._step
         first = np.full((input_ids.shape[0], 1), start_token, np.int64) if self.encoder is not None else input_ids
