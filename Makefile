@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 RESULTS ?= results/results.jsonl
 
-.PHONY: install run test test-all lint clean help perf regress regress-noise regress-baseline sweep-quick sweep-cpu sweep-crossover sweep-gpu sweep-npu sweep-all report
+.PHONY: install run test test-all lint clean help perf regress regress-noise regress-baseline sweep-quick sweep-cpu sweep-crossover sweep-vision sweep-gpu sweep-npu sweep-all report
 
 help:  ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -61,6 +61,9 @@ sweep-cpu: install  ## the paper's 330M pair and the 100M pair on this CPU, ONNX
 
 sweep-crossover: install  ## tiny + 100M pairs over input 64-2048 x output 16-512 on CPU (the crossover figure): results/crossover/
 	$(call sweep_and_report,crossover)
+
+sweep-vision: install  ## the 330M vision pair: a 336-px image and text 32-512 tokens on CPU: results/vision/
+	$(call sweep_and_report,vision)
 
 sweep-gpu: install  ## the 330M pair on a CUDA or Intel GPU (skipped when absent): results/paper-gpu/
 	$(call sweep_and_report,paper-gpu)

@@ -444,7 +444,7 @@ def sweep(sweep_file, results, force, timeout, memory_limit, ray_address, cache_
     """Run a sweep file: each configuration in its own process, resumable, crash- and hang-proof.
 
     SWEEP_FILE is a TOML path or a shipped sweep: quick, paper-cpu, paper-gpu, paper-npu,
-    input-scaling, budget-scaling, crossover. A configuration already in the results file is skipped; a crash,
+    input-scaling, budget-scaling, crossover, vision. A configuration already in the results file is skipped; a crash,
     hang or out-of-memory becomes a failed row and the sweep goes on; Ctrl-C keeps every completed
     row (exit 130; run again to resume); absent devices are reported once and skipped. Exit 1 when
     a configuration failed.

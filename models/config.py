@@ -5,12 +5,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from slmbench.errors import BenchError
-
-if TYPE_CHECKING:
-    from slmbench.models.vision import VisionConfig
 
 
 class Family(enum.StrEnum):
@@ -25,6 +21,71 @@ class ConfigError(ValueError):
 class CheckpointError(BenchError, ConfigError):
     """A checkpoint that cannot be found, read or benchmarked (a ConfigError too, so sweep files
     report it with their own location)."""
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """A vision tower's shape (models/vision.py builds it): CLIP's ViT, square images."""
+
+    image_size: int  # the native size, in pixels (square images)
+    patch: int
+    width: int
+    layers: int
+    heads: int
+    mlp: int
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "patch", "width", "layers", "heads", "mlp"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"vision {name} must be a positive integer, got {value!r}")
+        if self.width % self.heads:
+            raise ConfigError(f"vision width ({self.width}) must be a multiple of its heads ({self.heads})")
+        self.check_image_size(self.image_size)
+
+    def check_image_size(self, size: int) -> None:
+        """An image the tower can take: a whole number of patches a side."""
+        if (not isinstance(size, int) or isinstance(size, bool) or size < self.patch or size % self.patch
+                or size > 4 * self.image_size):
+            raise ConfigError(f"image size {size!r}: the tower takes square images of a whole number of "
+                              f"{self.patch}-pixel patches a side, up to {4 * self.image_size} (native "
+                              f"{self.image_size})")
+
+    def image_tokens(self, size: int | None = None) -> int:
+        """Tokens one image becomes (the class token is not passed on)."""
+        side = (size or self.image_size) // self.patch
+        return side * side
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> VisionConfig:
+        if isinstance(data, VisionConfig):
+            return data
+        if not isinstance(data, dict):
+            raise ConfigError(f"vision must be a table of {[f.name for f in dataclasses.fields(cls)]}, got {data!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(data) - known):
+            raise ConfigError(f"unknown vision keys {unknown}; allowed: {sorted(known)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"vision: {exc}") from None
+
+    def tower_parameters(self) -> int:
+        """The ViT: patch embedding, class token, positions, its LayerNorm, the blocks."""
+        w = self.width
+        block = 4 * (w * w + w) + 2 * 2 * w + (w * self.mlp + self.mlp) + (self.mlp * w + w)
+        positions = (self.image_tokens() + 1) * w
+        return 3 * self.patch * self.patch * w + w + positions + 2 * w + self.layers * block
+
+    def projector_parameters(self, hidden: int) -> int:
+        return (self.width * hidden + hidden) + (hidden * hidden + hidden)
+
+    def parameter_count(self, hidden: int) -> int:
+        return self.tower_parameters() + self.projector_parameters(hidden)
 
 
 @dataclass(frozen=True)
@@ -76,8 +137,6 @@ class ArchConfig:
         if not 0 <= self.decoder_start_token < self.vocab_size:
             raise ConfigError("decoder_start_token must be a token id")
         if self.vision is not None:
-            from slmbench.models.vision import VisionConfig
-
             object.__setattr__(self, "vision", VisionConfig.from_dict(self.vision))
 
     @property

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from slmbench.models.config import ArchConfig, ConfigError, Family
-from slmbench.models.vision import VisionConfig
+from slmbench.models.config import ArchConfig, ConfigError, Family, VisionConfig
 
 ED, DO = Family.ENCODER_DECODER, Family.DECODER_ONLY
 

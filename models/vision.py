@@ -16,73 +16,9 @@ another size than its native one resamples its position table to that grid at bu
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from slmbench.models.config import VisionConfig
 
-from slmbench.models.config import ConfigError
-
-
-@dataclass(frozen=True)
-class VisionConfig:
-    image_size: int  # the native size, in pixels (square images)
-    patch: int
-    width: int
-    layers: int
-    heads: int
-    mlp: int
-    norm_eps: float = 1e-5
-
-    def __post_init__(self) -> None:
-        for name in ("image_size", "patch", "width", "layers", "heads", "mlp"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"vision {name} must be a positive integer, got {value!r}")
-        if self.width % self.heads:
-            raise ConfigError(f"vision width ({self.width}) must be a multiple of its heads ({self.heads})")
-        self.check_image_size(self.image_size)
-
-    def check_image_size(self, size: int) -> None:
-        """An image the tower can take: a whole number of patches a side."""
-        if (not isinstance(size, int) or isinstance(size, bool) or size < self.patch or size % self.patch
-                or size > 4 * self.image_size):
-            raise ConfigError(f"image size {size!r}: the tower takes square images of a whole number of "
-                              f"{self.patch}-pixel patches a side, up to {4 * self.image_size} (native "
-                              f"{self.image_size})")
-
-    def image_tokens(self, size: int | None = None) -> int:
-        """Tokens one image becomes (the class token is not passed on)."""
-        side = (size or self.image_size) // self.patch
-        return side * side
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> VisionConfig:
-        if isinstance(data, VisionConfig):
-            return data
-        if not isinstance(data, dict):
-            raise ConfigError(f"vision must be a table of {[f.name for f in dataclasses.fields(cls)]}, got {data!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        if unknown := sorted(set(data) - known):
-            raise ConfigError(f"unknown vision keys {unknown}; allowed: {sorted(known)}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ConfigError(f"vision: {exc}") from None
-
-    def tower_parameters(self) -> int:
-        """The ViT: patch embedding, class token, positions, its LayerNorm, the blocks."""
-        w = self.width
-        block = 4 * (w * w + w) + 2 * 2 * w + (w * self.mlp + self.mlp) + (self.mlp * w + w)
-        positions = (self.image_tokens() + 1) * w
-        return 3 * self.patch * self.patch * w + w + positions + 2 * w + self.layers * block
-
-    def projector_parameters(self, hidden: int) -> int:
-        return (self.width * hidden + hidden) + (hidden * hidden + hidden)
-
-    def parameter_count(self, hidden: int) -> int:
-        return self.tower_parameters() + self.projector_parameters(hidden)
+__all__ = ["VisionConfig", "build_tower", "fixed_image"]
 
 
 def build_tower(cfg: VisionConfig, hidden: int):

@@ -43,11 +43,12 @@ def series_labels(frame: pd.DataFrame, base: pd.Series, dims) -> pd.Series:
 
 
 def rep_metrics(row: dict) -> pd.DataFrame:
-    """One line per warm repetition: ttft, encoder, first decoder step, rest of generation, tpot,
-    decode tok/s, e2e (seconds), from the row's raw timestamps."""
+    """One line per warm repetition: ttft, vision tower, encoder, first decoder step, rest of
+    generation, tpot, decode tok/s, e2e (seconds), from the row's raw timestamps."""
     out = []
     for i, m in enumerate(row_repetitions(row)):
-        out.append({"rep": i, "ttft_s": m["ttft_s"], "encoder_s": m["encoder_s"] or 0.0,
+        out.append({"rep": i, "ttft_s": m["ttft_s"], "vision_s": m["vision_s"] or 0.0,
+                    "encoder_s": m["encoder_s"] or 0.0,
                     "first_step_s": m["prefill_s"], "rest_s": m["rest_s"], "e2e_s": m["e2e_s"],
                     "tpot_s": np.nan if m["tpot_s"] is None else m["tpot_s"],
                     "decode_tps": np.nan if m["decode_tps"] is None else m["decode_tps"]})

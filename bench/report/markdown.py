@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from slmbench.core.metrics import row_stat
 from slmbench.errors import BenchError
+from slmbench.host.environment import machine_of
 from slmbench.report.frames import (
     PAPER_NOTE,
     PAPER_THROUGHPUT_RATIO,
@@ -32,8 +34,8 @@ CAPTIONS = {
     "throughput_vs_input": "Decode throughput (batch / time per output token) against input length.",
     "speedup": "Encoder-decoder over decoder-only per shape: TTFT reduction and decode throughput ratio, "
     "with 95% bootstrap CIs from the repetitions of the same interleaved run.",
-    "ttft_breakdown": "Where the time goes: encoder, first decoder step (the prefill, for decoder-only) and "
-    "the remaining tokens.",
+    "ttft_breakdown": "Where the time goes: the vision tower (vision models), encoder, first decoder step (the "
+    "prefill, for decoder-only) and the remaining tokens.",
     "itl_cdf": "Inter-token latency distribution at the largest input length measured for both families.",
     "token_latency": "Latency of each generated token against its position (token 1, the TTFT, not shown).",
     "claims": "The paper's 47% and 4.7x beside the measured values, per device and runtime.",
@@ -396,6 +398,23 @@ def text_sections(data: ReportData) -> list[str]:
     return parts
 
 
+def vision_rows(data: ReportData) -> pd.DataFrame:
+    """Vision models: the first token split into the tower, the encoder and the prefill or first
+    step, against the text's length at one image, with the KV bytes each decode step reads."""
+    order = lambda r: (machine_of(r)["name"], r["runtime"], r["vision"]["image_size"], r["input_len"], r["family"])
+    rows = sorted((r for r in data.rows if r.get("vision")), key=order)
+    mb = lambda v: f"{v / 1e6:,.1f}"
+    return pd.DataFrame([{
+        "machine": machine_of(r)["name"], "model": r["model"], "runtime": r["runtime"],
+        "image": f"{r['vision']['image_size']} px ({r['vision']['image_tokens']} tokens)", "text": r["input_len"],
+        "vision tower": fmt_s(row_stat(r, "vision_s")), "encoder": fmt_s(row_stat(r, "encoder_s")),
+        "prefill / first step": fmt_s(row_stat(r, "prefill_s")), "TTFT p50": fmt_s(row_stat(r, "ttft_s")),
+        "decode tok/s": f"{row_stat(r, 'decode_tps'):.1f}",
+        "KV MB/token": mb(r["vision"]["kv_bytes_per_token"]),
+        "KV MB/token, text alone": mb(r["vision"]["kv_bytes_per_token_text_only"]),
+    } for r in rows])
+
+
 def _machines_table(data: ReportData) -> pd.DataFrame:
     m = data.machines
     if m.empty:
@@ -435,6 +454,14 @@ def render_markdown(
                   "Reading: the input's characters (words) per second of TTFT. Decoding: decode tok/s at the "
                   "input's characters (words) per token, an estimate (random-weight models generate no text of "
                   "their own to count).\n", *texts]
+    if not (vision := vision_rows(data)).empty:
+        parts += ["\n## Vision input: image tokens into the encoder, or before the prompt\n",
+                  "The image's pixels enter at t_0; the tower (a CLIP-shaped ViT and projector) runs once; its "
+                  "tokens then go into the encoder with the text (encoder-decoder) or before the prompt "
+                  "(decoder-only), where every later step attends to them. Medians; KV MB/token is what one "
+                  "decode step reads of the cache (fp32, cross-attention K/V or the self-attention cache, at "
+                  "the middle of the generation), with the image's tokens and, for scale, without them. The "
+                  "pairs are in the same-run table above.\n", _md_table(vision)]
     parts.append("\n## Figures\n")
     for name, png in figures.items():
         rel = f"{figures_rel}/{png.name}"

@@ -337,17 +337,22 @@ def speedup(ratios: pd.DataFrame, colors: dict):
 
 @_figure("ttft_breakdown")
 def ttft_breakdown(reps: pd.DataFrame, styles: dict):
-    """Where the time goes: encoder, first decoder step (the prefill for decoder-only), and the rest
-    of the generation; medians over repetitions, a bar per series and shape."""
+    """Where the time goes: the vision tower (vision models), encoder, first decoder step (the
+    prefill for decoder-only), and the rest of the generation; medians over repetitions, a bar per
+    series and shape."""
     from matplotlib.figure import Figure
 
     keys = ["platform", "series", "family", "runtime", "precision", "input_len", "output_len"]
-    med = reps.groupby(keys, as_index=False, dropna=False)[["encoder_s", "first_step_s", "rest_s", "ttft_s"]].median()
+    times = ["vision_s", "encoder_s", "first_step_s", "rest_s", "ttft_s"]
+    if "vision_s" not in reps:  # frames of rows from before vision existed
+        reps = reps.assign(vision_s=0.0)
+    med = reps.groupby(keys, as_index=False, dropna=False)[times].median()
     platforms = sorted(med["platform"].unique())
     nbars = med.groupby("platform").size().max()
     fig = Figure(figsize=(12, 0.9 + 0.42 * nbars * len(platforms) + 0.6))
     axes = fig.subplots(len(platforms), 2, squeeze=False)
     parts = (
+        *((("vision_s", "vision tower", "#c44e52"),) if med["vision_s"].any() else ()),
         ("encoder_s", "encoder", "#8172b3"),
         ("first_step_s", "first decoder step (prefill)", "#55a868"),
         ("rest_s", "rest of generation", "#bbbbbb"),
@@ -360,7 +365,7 @@ def ttft_breakdown(reps: pd.DataFrame, styles: dict):
         labels = [f"{r.series} · in {r.input_len}" + ("" if f"out {r.output_len}" in r.series
                                                       else f"/out {r.output_len}") for r in sub.itertuples()]
         y = np.arange(len(sub))
-        for col, (keys, title) in enumerate(((parts[:2], "time to first token"), (parts, "whole generation"))):
+        for col, (keys, title) in enumerate(((parts[:-1], "time to first token"), (parts, "whole generation"))):
             ax = axes[row][col]
             scale, unit = _time_unit(sub[[k for k, _, _ in keys]].sum(axis=1))
             left = np.zeros(len(sub))
@@ -373,7 +378,8 @@ def ttft_breakdown(reps: pd.DataFrame, styles: dict):
             ax.set_ylim(len(sub) - 0.5, -0.5)  # top to bottom, no empty rows
             ax.set_xlabel(f"time ({unit}, median over repetitions)")
             ax.set_title(f"{platform}: {title}")
-    fig.suptitle("TTFT breakdown: encoder + first decoder step = TTFT; the rest is the remaining tokens", y=1.01)
+    fig.suptitle("TTFT breakdown: (vision tower +) encoder + first decoder step = TTFT; the rest is the remaining "
+                 "tokens", y=1.01)
     _legend(fig, axes)
     return fig
 
