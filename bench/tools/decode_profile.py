@@ -38,7 +38,7 @@ GROUPS = {
     "attention": ("ScaledDotProductAttention", "ScaledDotProductAttentionWithKVCache", "Softmax"),
     "gather": ("Gather", "GatherND", "GatherElements"),
     "eltwise/norm": ("Eltwise", "Subgraph", "Add", "Subtract", "Multiply", "Divide", "Power", "Sqrt", "RMS",
-                     "MVN", "Gelu", "Swish", "Sin", "Cos", "Select", "LessEqual", "Range"),
+                     "MVN", "Gelu", "Swish", "Sin", "Cos", "Select", "LessEqual", "Range", "PowerStatic"),
     "reorder/convert": ("Reorder", "Convert"),
     "state": ("ReadValue", "Assign"),
     "shape/layout": ("Reshape", "Transpose", "Concat", "VariadicSplit", "Split", "ShapeOf", "Broadcast",
