@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from click.testing import CliRunner
 
 from slmbench.tools import peers
@@ -25,3 +27,13 @@ def test_the_script_lists_its_commands():
     result = CliRunner().invoke(peers.main, ["--help"])
     assert result.exit_code == 0
     assert all(name in result.output for name in ("checkpoint", "optimum", "compare"))
+
+
+def test_compare_runs_only_the_checkpoints_named(tmp_path):
+    for name in ("llama", "t5"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    result = CliRunner().invoke(peers.main, ["compare", "--peer-python", sys.executable, "--ckpt", str(tmp_path),
+                                             "--model", "gpt2", "--out", str(tmp_path / "peers.jsonl")])
+    assert result.exit_code == 2 and "no checkpoint named gpt2" in result.output
+    assert not (tmp_path / "peers.jsonl").exists()

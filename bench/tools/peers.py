@@ -151,14 +151,20 @@ def _slmbench(ckpt: Path, runtime: str, precision: str, input_len: int, output_l
 @click.option("--threads", type=int, default=2)
 @click.option("--runtime", "runtimes", multiple=True, type=click.Choice(sorted(CONFIGS)),
               help="Only these runtimes (default: all).")
+@click.option("--model", "names", multiple=True,
+              help="Only the checkpoints under --ckpt with this folder name, e.g. t5 (default: all): rounds "
+                   "spent where a ratio is in doubt.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results/peers/peers.jsonl"))
-def compare(peer_python, ckpt, input_len, output_len, reps, rounds, threads, runtimes, out):
+def compare(peer_python, ckpt, input_len, output_len, reps, rounds, threads, runtimes, names, out):
     """slmbench / optimum ratios, whole processes alternating, on every checkpoint under --ckpt."""
     from slmbench.host.environment import environment, this_machine
 
+    models = sorted(p for p in ckpt.iterdir() if (p / "config.json").exists() and (not names or p.name in names))
+    if not models:
+        raise click.UsageError(f"no checkpoint {'named ' + ', '.join(names) + ' ' if names else ''}under {ckpt}")
     cache = Path(tempfile.mkdtemp(prefix="slmbench-peers-"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    for model in sorted(p for p in ckpt.iterdir() if (p / "config.json").exists()):
+    for model in models:
         for runtime, configs in CONFIGS.items():
             if runtimes and runtime not in runtimes:
                 continue
