@@ -95,8 +95,8 @@ def _wrappers(model, cfg):
 
     class DecoderOnlyStep(Wrapper):
         def forward(self, input_ids, *rest):
-            embeds, past = (rest[0], rest[1:]) if image else (None, rest)
-            logits, present = self.model(input_ids, _pairs(past), image_embeds=embeds)
+            embeds, past = ({"image_embeds": rest[0]}, rest[1:]) if image else ({}, rest)
+            logits, present = self.model(input_ids, _pairs(past), **embeds)
             return (logits, torch.argmax(logits, -1), *_flat(present))
 
     class EncoderStep(Wrapper):

@@ -80,7 +80,8 @@ class TorchSteps:
         image = 0 if self.image is None else self.image.shape[1]
         self.mask = torch.ones((ids.shape[0], image + ids.shape[1]), dtype=ids.dtype)
         with torch.no_grad():
-            self.cross = self.model.cross_kv(self.model.encode(ids, self.mask, self.image))
+            image = () if self.image is None else (self.image,)  # checkpoint adapters take no image
+            self.cross = self.model.cross_kv(self.model.encode(ids, self.mask, *image))
 
     def decode(self, input_ids: np.ndarray) -> np.ndarray:
         import torch
@@ -90,7 +91,8 @@ class TorchSteps:
             if self.cross is not None:
                 self._logits, self.past = self.model.decode(ids, self.mask, self.cross, self.past)
             else:  # the image goes before the prompt, once
-                self._logits, self.past = self.model(ids, self.past, image_embeds=self.image)
+                image = {} if self.image is None else {"image_embeds": self.image}
+                self._logits, self.past = self.model(ids, self.past, **image)
                 self.image = None
         return self._logits.argmax(-1).numpy()
 
