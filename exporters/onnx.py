@@ -143,7 +143,7 @@ def _axes(names, axes):
 
 def export_onnx(spec: ModelSpec, out: Path, variant: dict, model=None) -> dict:
     """Export `spec` (or `model`, a module built from it) into `out`, check it with onnx.checker and
-    against PyTorch; return the manifest. A vision model's tower takes `variant["image_size"]`."""
+    against PyTorch; return the manifest. A vision model's tower takes `spec.image` pixels a side."""
     import onnx
     import torch
 
@@ -263,10 +263,9 @@ class OnnxSteps:
         return self._logits.astype(np.float32)
 
 
-def ort_step_logits(folder: Path, graphs: dict, cfg, prompt: np.ndarray, forced: np.ndarray,
-                    pixels: np.ndarray | None = None) -> list[np.ndarray]:
+def ort_step_logits(folder: Path, graphs: dict, cfg, prompt: np.ndarray, forced: np.ndarray) -> list[np.ndarray]:
     """Teacher-forced logits of an ONNX artifact's graphs (parity and accuracy checks)."""
-    return parity.teacher_forced(OnnxSteps(folder, graphs, cfg), cfg, prompt, forced, pixels)
+    return parity.teacher_forced(OnnxSteps(folder, graphs, cfg), cfg, prompt, forced)
 
 
 def onnx_artifact(spec: ModelSpec, precision: str = "fp32", cache_dir=None, force=False) -> tuple[Artifact, bool]:

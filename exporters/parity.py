@@ -40,7 +40,6 @@ def check(model, cfg, candidate_steps: StepFn, runtime: str, tolerance: float = 
     if pixels is not None:
         tower = float(np.max(np.abs(torch_image_embeds(model, pixels) - candidate_tower(pixels))))
         result["vision"] = {"max_abs_diff": tower, "image_size": int(pixels.shape[-1]), "passed": tower <= tolerance}
-        result["passed"] = result["passed"] and tower <= tolerance
         if tower > tolerance:
             raise ParityError(f"{runtime} vision tower's image embeddings differ from PyTorch by {tower:.3g} "
                               f"(tolerance {tolerance:g})")

@@ -163,17 +163,15 @@ def vision_fields(spec: ModelSpec, settings, manifest: dict) -> dict:
     its parity, and the KV bytes each decode step reads with the image's tokens in the cache
     (encoder-decoder: its cross-attention K/V over image + text; decoder-only: its self-attention
     cache, whose prefix they are), beside what the text alone would make them."""
-    from slmbench.models.cost import decode_bytes_per_token, vision_flops
+    from slmbench.models.cost import vision_flops
 
-    cfg, n = spec.config, spec.image_tokens
-    middle = settings.output_len // 2
-    kv = lambda image: decode_bytes_per_token(cfg, "fp32", *(
-        (middle, settings.input_len + image) if cfg.is_encoder_decoder else
-        (settings.input_len + image + middle, 0)))["kv_bytes"]
-    return {"image_size": spec.image, "image_tokens": n, "native_image_size": cfg.vision.image_size,
+    cfg = spec.config
+    kv = lambda image: mean_decode_bytes(cfg, "fp32", settings.input_len, settings.output_len, image)["kv_bytes"]
+    return {"image_size": spec.image, "image_tokens": spec.image_tokens, "native_image_size": cfg.vision.image_size,
             "tower_parameters": cfg.vision.parameter_count(cfg.hidden), "vision_flops": vision_flops(cfg, spec.image),
             "parity_max_abs_diff": ((manifest.get("parity") or {}).get("vision") or {}).get("max_abs_diff"),
-            "kv_bytes_per_token": kv(n), "kv_bytes_per_token_text_only": kv(0), "kv_at": f"decode step {middle}, fp32"}
+            "kv_bytes_per_token": kv(spec.image), "kv_bytes_per_token_text_only": kv(None),
+            "kv_at": f"decode step {settings.output_len // 2}, fp32"}
 
 
 def _own_export(manifest: dict) -> dict:
