@@ -77,6 +77,22 @@ def in_out(input_ed: int, input_do: int, output: int) -> str:
     return f"{input_ed}/{output}" if input_ed == input_do else f"{input_ed} · {input_do}/{output}"
 
 
+def vision_frame(rows: list[dict]) -> pd.DataFrame:
+    """Vision models' ok rows, one line each: the image, the text's length, the first token split
+    into the tower, the encoder and the prefill or first step (medians, seconds), decode tok/s, and
+    the KV MB a decode step reads with the image's tokens and with the text's alone. What the
+    terminal and the report show of them; ordered by machine, runtime, image, text, family."""
+    seen = [r for r in rows if r.get("status") == "ok" and r.get("vision")]
+    order = lambda r: (_machine(r), r["runtime"], r["vision"]["image_size"], r["input_len"], r["family"])
+    return pd.DataFrame([{
+        "machine": _machine(r), "model": r["model"], "runtime": r["runtime"],
+        "image_size": r["vision"]["image_size"], "image_tokens": r["vision"]["image_tokens"], "text": r["input_len"],
+        **{m: row_stat(r, m) for m in ("vision_s", "encoder_s", "prefill_s", "ttft_s", "decode_tps")},
+        "kv_mb": r["vision"]["kv_bytes_per_token"] / 1e6,
+        "kv_mb_text_only": r["vision"]["kv_bytes_per_token_text_only"] / 1e6,
+    } for r in sorted(seen, key=order)])
+
+
 def text_groups(rows: list[dict]) -> list[tuple[str, pd.DataFrame]]:
     """Rows fed text, one group per text and machine: a title saying what the text was (and that
     token counts differ, when the tokenizers disagree), and per row its tokens beside the

@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from slmbench.core.metrics import row_stat
 from slmbench.errors import BenchError
-from slmbench.host.environment import machine_of
 from slmbench.report.frames import (
     PAPER_NOTE,
     PAPER_THROUGHPUT_RATIO,
@@ -25,6 +23,7 @@ from slmbench.report.frames import (
     build,
     in_out,
     text_groups,
+    vision_frame,
 )
 from slmbench.report.terminal import fmt_s
 from slmbench.results import read_rows
@@ -399,20 +398,18 @@ def text_sections(data: ReportData) -> list[str]:
 
 
 def vision_rows(data: ReportData) -> pd.DataFrame:
-    """Vision models: the first token split into the tower, the encoder and the prefill or first
-    step, against the text's length at one image, with the KV bytes each decode step reads."""
-    order = lambda r: (machine_of(r)["name"], r["runtime"], r["vision"]["image_size"], r["input_len"], r["family"])
-    rows = sorted((r for r in data.rows if r.get("vision")), key=order)
-    mb = lambda v: f"{v / 1e6:,.1f}"
-    return pd.DataFrame([{
-        "machine": machine_of(r)["name"], "model": r["model"], "runtime": r["runtime"],
-        "image": f"{r['vision']['image_size']} px ({r['vision']['image_tokens']} tokens)", "text": r["input_len"],
-        "vision tower": fmt_s(row_stat(r, "vision_s")), "encoder": fmt_s(row_stat(r, "encoder_s")),
-        "prefill / first step": fmt_s(row_stat(r, "prefill_s")), "TTFT p50": fmt_s(row_stat(r, "ttft_s")),
-        "decode tok/s": f"{row_stat(r, 'decode_tps'):.1f}",
-        "KV MB/token": mb(r["vision"]["kv_bytes_per_token"]),
-        "KV MB/token, text alone": mb(r["vision"]["kv_bytes_per_token_text_only"]),
-    } for r in rows])
+    """Vision models (frames.vision_frame), formatted for the report."""
+    v = vision_frame(data.rows)
+    if v.empty:
+        return v
+    shown = {"vision tower": "vision_s", "encoder": "encoder_s", "prefill / first step": "prefill_s",
+             "TTFT p50": "ttft_s"}
+    return pd.DataFrame({
+        "machine": v["machine"], "model": v["model"], "runtime": v["runtime"],
+        "image": [f"{s} px ({t} tokens)" for s, t in zip(v["image_size"], v["image_tokens"], strict=True)],
+        "text": v["text"], **{name: v[col].map(fmt_s) for name, col in shown.items()},
+        "decode tok/s": v["decode_tps"].map(lambda x: f"{x:.1f}"), "KV MB/token": v["kv_mb"].map(lambda x: f"{x:,.1f}"),
+        "KV MB/token, text alone": v["kv_mb_text_only"].map(lambda x: f"{x:,.1f}")})
 
 
 def _machines_table(data: ReportData) -> pd.DataFrame:

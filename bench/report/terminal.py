@@ -9,8 +9,9 @@ from slmbench.core.metrics import row_stat, same_run_pairs
 
 
 def fmt_s(value: float | None) -> str:
-    """Seconds shown in the unit that reads best (times are seconds internally)."""
-    if value is None:
+    """Seconds shown in the unit that reads best (times are seconds internally); "-" for none
+    (None, or NaN where a frame's column holds a missing value)."""
+    if value is None or value != value:
         return "-"
     if value < 1e-3:
         return f"{value * 1e6:.0f} µs"
@@ -110,23 +111,23 @@ def runtime_table(rows: list[dict]) -> Table:
 
 
 def vision_table(rows: list[dict]) -> Table | None:
-    """Where a vision model's first token goes: the tower, the encoder (encoder-decoder), the prefill
-    or first decoder step, and the KV bytes each decode step reads with the image's tokens in the
-    cache against the text alone's. None when no row had an image."""
-    seen = [r for r in rows if r.get("status") == "ok" and r.get("vision")]
-    if not seen:
+    """Where a vision model's first token goes (slmbench.report.frames.vision_frame): the tower, the
+    encoder, the prefill or first decoder step, and the KV MB each decode step reads with the
+    image's tokens in the cache against the text alone's. None when no row had an image."""
+    from slmbench.report.frames import vision_frame
+
+    v = vision_frame(rows)
+    if v.empty:
         return None
     table = Table(title="vision input: the first token, split (medians), and the KV cache read per decode step",
                   title_justify="left")
     for col in ("model", "runtime", "image", "vision tower", "encoder", "prefill / first step", "TTFT",
                 "decode tok/s", "KV MB/token (text alone)"):
         table.add_column(col, justify="left" if col in ("model", "runtime") else "right")
-    for r in seen:
-        v, tps = r["vision"], row_stat(r, "decode_tps")
-        table.add_row(r["model"], r["runtime"], f"{v['image_size']} px, {v['image_tokens']} tokens",
-                      fmt_s(row_stat(r, "vision_s")), fmt_s(row_stat(r, "encoder_s")), fmt_s(row_stat(r, "prefill_s")),
-                      fmt_s(row_stat(r, "ttft_s")), f"{tps:.1f}" if tps else "-",
-                      f"{_mb(v['kv_bytes_per_token'])} ({_mb(v['kv_bytes_per_token_text_only'])})")
+    for r in v.itertuples():
+        table.add_row(r.model, r.runtime, f"{r.image_size} px, {r.image_tokens} tokens", fmt_s(r.vision_s),
+                      fmt_s(r.encoder_s), fmt_s(r.prefill_s), fmt_s(r.ttft_s),
+                      f"{r.decode_tps:.1f}" if r.decode_tps else "-", f"{r.kv_mb:,.1f} ({r.kv_mb_text_only:,.1f})")
     return table
 
 
