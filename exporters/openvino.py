@@ -1,7 +1,8 @@
 """OpenVINO IR export: what every mode's export shares, and the stateful IR.
 
 Modes (an artifact's `variant.mode`, recorded in every result row):
-- `stateful` (CPU, GPU): the model's graphs, exported with the attention OpenVINO fuses, read into
+- `stateful` (CPU, GPU): the model's graphs, exported in the forms OpenVINO runs fastest (the
+  attention it fuses, a GELU it leaves apart from the matmul: models/blocks.set_openvino_forms), read into
   OpenVINO and saved as IR, with the decoder's self-attention KV turned into OpenVINO state
   (past_* inputs -> present_* outputs), so the cache never crosses the API between steps, and the
   CPU plugin's stateful attention kernel reads it in place (export_stateful). The encoder
@@ -235,17 +236,17 @@ def _moc_ir(folder: Path, onnx_graph: dict, graph: dict, out: Path, before_moc=N
 
 
 def export_stateful(spec: ModelSpec, out: Path, variant: dict, cache_dir, session: SessionFactory) -> dict:
-    """IR from the model exported to ONNX with the attention OpenVINO fuses (a temporary export, not
-    the ONNX artifact: ONNX Runtime runs the grouped form, which copies no K/V per step), the cache
+    """IR from the model exported to ONNX in OpenVINO's forms (a temporary export, not the ONNX
+    artifact: ONNX Runtime runs the grouped form, which copies no K/V per step), the cache
     gathered through `beam_idx`, the decoder made stateful, then OpenVINO's MOC pipeline, whose
     SDPAFusion turns each attention into ScaledDotProductAttention (Core.read_model does not, and
     the CPU plugin no longer runs it when it compiles); checked against PyTorch."""
     import tempfile
 
-    from slmbench.models.blocks import set_fusable_attention
+    from slmbench.models.blocks import set_openvino_forms
 
     cfg = spec.config
-    model = set_fusable_attention(spec.build())
+    model = set_openvino_forms(spec.build())
     graphs = stateful_graphs(cfg)
     fused = {}
     with tempfile.TemporaryDirectory(prefix="slmbench-ov-") as tmp:
@@ -261,6 +262,7 @@ def export_stateful(spec: ModelSpec, out: Path, variant: dict, cache_dir, sessio
 
     kv = kv_layout(cfg)
     vision = {"vision": source["vision"]} if "vision" in source else {}
+    set_openvino_forms(model, False)  # checked against the model as written, not the export's forms
     result = check_parity(model, cfg, out, {"graphs": graphs, "kv": kv, **vision}, session,
                           "openvino-stateful(CPU, KV f32)")
     return {
@@ -268,7 +270,7 @@ def export_stateful(spec: ModelSpec, out: Path, variant: dict, cache_dir, sessio
         "kv": kv,
         "opset": OPSET,
         "precision": variant["precision"],
-        "exporter": "torch.onnx.export (fusable attention) -> openvino.Core.read_model -> beam_idx -> "
+        "exporter": "torch.onnx.export (set_openvino_forms) -> openvino.Core.read_model -> beam_idx -> "
                     "apply_make_stateful_transformation -> apply_moc_transformations",
         "attention": {"fused_sdpa_ops": fused, "onnx_parity": source["parity"]},
         "versions": {"openvino": ov_version(), **source["versions"]},

@@ -110,3 +110,23 @@ def test_decode_reads_the_weights_the_module_uses_per_token(name):
     per_token = sum(p.numel() for n, p in spec.build().named_parameters()
                     if not n.startswith("encoder") and ".cross.kv_proj" not in n)
     assert decode_bytes_per_token(spec.config)["weight_bytes"] == 4 * per_token
+
+
+def test_openvino_forms_compute_the_same_model():
+    """set_openvino_forms only rewrites how the graph is written (exporters/openvino.py exports in these
+    forms and checks the IR against the model as written): the logits stay the same, and off restores."""
+    import torch.nn.functional as F
+
+    from slmbench.models.blocks import MLP, gelu_tanh_as_sigmoid, set_openvino_forms
+
+    x = torch.linspace(-12, 12, 4001, dtype=torch.float64)
+    assert torch.allclose(gelu_tanh_as_sigmoid(x), F.gelu(x, approximate="tanh"), atol=1e-12, rtol=0)
+    model = resolve_model("deconly-tiny").build()
+    ids = torch.randint(1, 8192, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        written = model(ids, model.empty_past(2))[0]
+        set_openvino_forms(model)
+        assert all(m.unfused_gelu for m in model.modules() if isinstance(m, MLP))
+        assert torch.allclose(model(ids, model.empty_past(2))[0], written, atol=1e-5, rtol=0)
+        set_openvino_forms(model, False)
+        assert not any(getattr(m, "unfused_gelu", False) or getattr(m, "fusable", False) for m in model.modules())
