@@ -25,6 +25,7 @@ from slmbench.runners.openvino.static import StaticSession
 ov = pytest.importorskip("openvino")
 P, R = 8, 4
 FAMILIES = ("mu-tiny", "deconly-tiny")
+VISION = ("mu-vl-tiny", "deconly-vl-tiny")
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def static(cache_dir):
         name: openvino_artifact(
             resolve_model(name), mode="static", cache_dir=cache_dir, prompt_len=P, response_len=R
         )[0]
-        for name in FAMILIES
+        for name in (*FAMILIES, *VISION)
     }
 
 
@@ -329,25 +330,13 @@ def test_padded_rows_stay_finite_at_low_precision(static, npuw_ir):
 
 # ---- static with an image (vision models) ----
 
-VISION = ("mu-vl-tiny", "deconly-vl-tiny")
-
-
-@pytest.fixture(scope="module")
-def static_vl(cache_dir):
-    return {
-        name: openvino_artifact(
-            resolve_model(name), mode="static", cache_dir=cache_dir, prompt_len=P, response_len=R
-        )[0]
-        for name in VISION
-    }
-
 
 @pytest.mark.parametrize("name", VISION)
-def test_static_vision_graphs_record_the_image_and_pass_parity(static_vl, name):
+def test_static_vision_graphs_record_the_image_and_pass_parity(static, name):
     """The tower is a static graph of its own, checked on its own (1e-4); the first graph's
     sequence and the decoder-only KV capacity count the I image tokens; logits with the image
     match the unpadded PyTorch model for prompt lengths 1..P."""
-    art, spec = static_vl[name], resolve_model(name)
+    art, spec = static[name], resolve_model(name)
     cfg, i = spec.config, spec.image_tokens
     c = R if cfg.is_encoder_decoder else i + P + R - 1
     assert art.manifest["static"] == {"prompt_len": P, "response_len": R, "kv_capacity": c, "image_tokens": i}
@@ -372,13 +361,13 @@ def test_static_vision_graphs_record_the_image_and_pass_parity(static_vl, name):
 
 
 @pytest.mark.parametrize("name", VISION)
-def test_static_two_images_give_different_logits_each_as_pytorch(static_vl, name):
+def test_static_two_images_give_different_logits_each_as_pytorch(static, name):
     """The image reaches the language graphs: two images differ, and each matches PyTorch with the
     same image; without an image (the runner's priming request) the image slots are masked and
     the graphs match the text-only PyTorch model."""
     from slmbench.models.vision import fixed_image
 
-    art, spec = static_vl[name], resolve_model(name)
+    art, spec = static[name], resolve_model(name)
     model, cfg = spec.build(), spec.config
     session = _session(art)
     prompt, forced = parity.parity_inputs(cfg.vocab_size, batch=1, prompt=5, steps=R - 1, seed=9)
