@@ -124,11 +124,17 @@ def check_parity(model, cfg, folder: Path, manifest: dict, session: SessionFacto
     def candidate(prompt, forced, pixels):
         return parity.teacher_forced(exact_session(folder, manifest, session), cfg, prompt, forced, pixels)
 
+    return {**parity.check(model, cfg, candidate, runtime, candidate_tower=ir_tower(folder, manifest["graphs"])),
+            "config": dict(EXACT_CPU)}
+
+
+def ir_tower(folder: Path, graphs: dict) -> parity.TowerFn:
+    """The IR's vision tower, compiled exact when first called: pixels -> image embeddings."""
     def tower(pixels):
-        request = compile_exact(folder / manifest["graphs"]["vision"]["file"]).create_infer_request()
+        request = compile_exact(folder / graphs["vision"]["file"]).create_infer_request()
         return request.infer({"pixel_values": pixels})["image_embeds"].copy()
 
-    return {**parity.check(model, cfg, candidate, runtime, candidate_tower=tower), "config": dict(EXACT_CPU)}
+    return tower
 
 
 def ir_code(*modules: str) -> str:
@@ -156,10 +162,16 @@ def stateful_graphs(cfg) -> dict:
             "inputs": enc["inputs"],
             "outputs": enc["outputs"],
         }
-    if "vision" in onnx_graphs:
-        graphs["vision"] = {"file": "vision.xml", "weights": "vision.bin", **{k: onnx_graphs["vision"][k]
-                                                                            for k in ("inputs", "outputs")}}
+    if cfg.vision is not None:
+        graphs["vision"] = vision_graph(cfg)
     return graphs
+
+
+def vision_graph(cfg) -> dict:
+    """The IR's tower graph, its ports named as the ONNX export names them (every mode's)."""
+    onnx_graph = io_names(cfg)["vision"]
+    return {"file": "vision.xml", "weights": "vision.bin", "inputs": onnx_graph["inputs"],
+            "outputs": onnx_graph["outputs"]}
 
 
 def add_beam_idx(model, past_names: list[str]) -> None:

@@ -6,10 +6,14 @@
 - decoder-only: a prefill [1,P] (left-padded, mask on real tokens, explicit position_ids 0..n-1 on
   the real tokens) and a decode step [1,1].
 - the decode step takes the self-attention KV as explicit tensors of fixed capacity C
-  (decoder-only P+R-1, encoder-decoder R), a mask [1,C+1] (the last slot is the current token) and
+  (decoder-only I+P+R-1, encoder-decoder R), a mask [1,C+1] (the last slot is the current token) and
   its position id, and outputs only the new KV row (the runner writes it into its own buffers).
+- a vision model (I image tokens) adds the tower `vision.xml` (pixels [1,3,S,S] -> image_embeds
+  [1,I,H]); the encoder or prefill takes image_embeds too, and its sequence is I + P slots: the
+  image's, the padding, the prompt (the runner's layout, slmbench.runners.openvino.static). A
+  request without an image masks the I image slots (the runner's priming request).
 Masked slots get exactly zero attention weight, so padding changes no logit; the parity check
-runs several prompt lengths from 1 to P against the unpadded PyTorch model.
+runs several prompt lengths from 1 to P (with the image) against the unpadded PyTorch model.
 
 `npuw` mode (decoder-only, NPU only): a stateful IR in the layout the NPU plugin's LLM pipeline
 expects: inputs input_ids, attention_mask, position_ids, beam_idx; state past_key_values.i.key ->
@@ -28,7 +32,7 @@ from pathlib import Path
 from slmbench.errors import InvalidOption
 from slmbench.exporters import parity
 from slmbench.exporters.artifact import Artifact, ArtifactError, ensure_artifact
-from slmbench.exporters.onnx import OPSET, kv_layout, kv_names
+from slmbench.exporters.onnx import OPSET, kv_layout, kv_names, vision_manifest
 from slmbench.exporters.openvino import (
     EXACT_CPU,
     SessionFactory,
@@ -36,19 +40,23 @@ from slmbench.exporters.openvino import (
     check_parity,
     exact_session,
     ir_code,
+    ir_tower,
     ov_version,
     read_onnx,
     rename_ports,
     save_ir,
+    vision_graph,
 )
 from slmbench.models.spec import ModelSpec
 
 # ---- the graphs ----
 
 
-def decoder_stack(model, input_ids, position_ids, allowed, past=None, cross=None, cross_allowed=None):
-    """The decoder layers with explicit positions and visibility; returns (hidden [B,T,H], present)."""
-    x = model.embed(input_ids)
+def decoder_stack(model, input_ids, position_ids, allowed, past=None, cross=None, cross_allowed=None,
+                  image_embeds=None):
+    """The decoder layers with explicit positions and visibility, the image's embeddings (if any)
+    before the tokens'; returns (hidden [B,T,H], present)."""
+    x = model._embed(input_ids, image_embeds)
     rope = model.rotary(position_ids, x.dtype)
     present = []
     for i, layer in enumerate(model.decoder):
@@ -91,7 +99,9 @@ def require_native(model, what: str) -> None:
         )
 
 
-def static_shapes(cfg, prompt_len: int | None, response_len: int | None) -> dict:
+def static_shapes(cfg, prompt_len: int | None, response_len: int | None, image_tokens: int = 0) -> dict:
+    """P, R, the decode step's KV capacity C, and I (vision models only): what the graphs are
+    built for and the runner allocates."""
     if (
         not isinstance(prompt_len, int)
         or not isinstance(response_len, int)
@@ -102,17 +112,23 @@ def static_shapes(cfg, prompt_len: int | None, response_len: int | None) -> dict
             f"static mode needs a prompt length and a response length >= 1 "
             f"(got {prompt_len!r}, {response_len!r})"
         )
-    capacity = response_len if cfg.is_encoder_decoder else prompt_len + response_len - 1
-    need = max(prompt_len, response_len) if cfg.is_encoder_decoder else prompt_len + response_len
+    source = image_tokens + prompt_len
+    capacity = response_len if cfg.is_encoder_decoder else source + response_len - 1
+    need = max(source, response_len) if cfg.is_encoder_decoder else source + response_len
     if need > cfg.max_positions:
+        image = f" with {image_tokens} image tokens" if image_tokens else ""
         raise InvalidOption(
-            f"static shapes P={prompt_len}, R={response_len} exceed the model's {cfg.max_positions} positions"
+            f"static shapes P={prompt_len}, R={response_len}{image} exceed the model's {cfg.max_positions} positions"
         )
-    return {"prompt_len": prompt_len, "response_len": response_len, "kv_capacity": capacity}
+    image = {"image_tokens": image_tokens} if image_tokens else {}
+    return {"prompt_len": prompt_len, "response_len": response_len, "kv_capacity": capacity, **image}
 
 
-def static_graphs(cfg, shapes: dict) -> dict:
+def static_graphs(cfg, shapes: dict, image_size: int | None = None) -> dict:
     n, p, c = cfg.decoder_layers, shapes["prompt_len"], shapes["kv_capacity"]
+    i = shapes.get("image_tokens", 0)
+    image = ["image_embeds"] if i else []
+    first = {"input_ids": [1, p], "attention_mask": [1, i + p], **({"image_embeds": [1, i, cfg.hidden]} if i else {})}
     past, new = kv_names(n, "past"), kv_names(n, "new")
     decode_in = ["input_ids", "attention_mask", "position_ids"]
     if cfg.is_encoder_decoder:
@@ -134,18 +150,21 @@ def static_graphs(cfg, shapes: dict) -> dict:
         graphs["encoder"] = {
             "file": "encoder.xml",
             "weights": "encoder.bin",
-            "inputs": ["input_ids", "attention_mask"],
+            "inputs": ["input_ids", "attention_mask", *image],
             "outputs": kv_names(n, "cross"),
-            "shapes": {"input_ids": [1, p]},
+            "shapes": first,
         }
     else:
         graphs["prefill"] = {
             "file": "prefill.xml",
             "weights": "prefill.bin",
-            "inputs": ["input_ids", "attention_mask", "position_ids"],
+            "inputs": ["input_ids", "attention_mask", "position_ids", *image],
             "outputs": ["logits", "next_token", *kv_names(n, "present")],
-            "shapes": {"input_ids": [1, p]},
+            "shapes": first,
         }
+    if i:
+        graphs["vision"] = {**vision_graph(cfg), "shapes": {"pixel_values": [1, 3, image_size, image_size],
+                                                            "image_embeds": [1, i, cfg.hidden]}}
     return graphs
 
 
@@ -165,13 +184,13 @@ def _wrappers(model, cfg, capacity: int):
             self.model = model
 
     class Encoder(Wrapper):
-        def forward(self, input_ids, attention_mask):
-            return tuple(flat(self.model.cross_kv(self.model.encode(input_ids, attention_mask))))
+        def forward(self, input_ids, attention_mask, *image):
+            return tuple(flat(self.model.cross_kv(self.model.encode(input_ids, attention_mask, *image))))
 
     class Prefill(Wrapper):
-        def forward(self, input_ids, attention_mask, position_ids):
-            allowed = visible(0, input_ids.shape[1], attention_mask, input_ids.device)
-            x, present = decoder_stack(self.model, input_ids, position_ids, allowed)
+        def forward(self, input_ids, attention_mask, position_ids, *image):
+            allowed = visible(0, attention_mask.shape[1], attention_mask, input_ids.device)
+            x, present = decoder_stack(self.model, input_ids, position_ids, allowed, image_embeds=(*image, None)[0])
             logits = lm_head(self.model, x[:, -1])  # left padding: the last slot is the last real token
             return (logits, torch.argmax(logits, -1), *flat(present))
 
@@ -200,24 +219,27 @@ def export_static(spec: ModelSpec, out: Path, variant: dict, session: SessionFac
     import torch
 
     cfg = spec.config
-    shapes = {k: variant[k] for k in ("prompt_len", "response_len", "kv_capacity")}
-    p, c = shapes["prompt_len"], shapes["kv_capacity"]
-    graphs = static_graphs(cfg, shapes)
+    shapes = static_shapes(cfg, variant["prompt_len"], variant["response_len"], spec.image_tokens)
+    p, c, i = shapes["prompt_len"], shapes["kv_capacity"], spec.image_tokens
+    graphs = static_graphs(cfg, shapes, spec.image)
     model = spec.build()
     require_native(model, "static")
     encoder, prefill, decode = _wrappers(model, cfg, c)
     ids = lambda t: torch.ones((1, t), dtype=torch.int64)
     kv = lambda t: torch.zeros((1, cfg.kv_heads, t, cfg.head_dim))
+    image = [torch.zeros((1, i, cfg.hidden))] if i else []
     decode_args = [ids(1), torch.ones((1, c + 1), dtype=torch.int64), ids(1)]
     if cfg.is_encoder_decoder:
-        decode_args += [ids(p), *[kv(p) for _ in range(2 * cfg.decoder_layers)]]
+        decode_args += [ids(i + p), *[kv(i + p) for _ in range(2 * cfg.decoder_layers)]]
     decode_args += [kv(c) for _ in range(2 * cfg.decoder_layers)]
     jobs = [("decoder", decode, decode_args)]
     jobs.append(
-        ("encoder", encoder, [ids(p), ids(p)])
+        ("encoder", encoder, [ids(p), ids(i + p), *image])
         if cfg.is_encoder_decoder
-        else ("prefill", prefill, [ids(p), ids(p), torch.arange(p)[None]])
+        else ("prefill", prefill, [ids(p), ids(i + p), torch.arange(i + p)[None], *image])
     )
+    if i:
+        jobs.append(("vision", model.vision, [torch.zeros(graphs["vision"]["shapes"]["pixel_values"])]))
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for role, module, args in jobs:
@@ -239,10 +261,12 @@ def export_static(spec: ModelSpec, out: Path, variant: dict, session: SessionFac
                     raise ArtifactError(f"static {role} input {port.get_any_name()} is dynamic")
             save_ir(ir, out / graph["file"])
     result = static_parity(model, cfg, out, graphs, shapes, session=session)
+    vision = vision_manifest(cfg, spec.image)
     return {
         "graphs": graphs,
         "kv": kv_layout(cfg),
         "static": shapes,
+        **({"vision": vision} if vision else {}),
         "opset": OPSET,
         "precision": variant["precision"],
         "exporter": "torch.onnx.export (TorchScript, static shapes) -> OpenVINO IR",
@@ -268,15 +292,20 @@ def static_parity(
     session: SessionFactory,
 ) -> dict:
     """Logits of the padded static graphs (OpenVINO CPU, f32) against unpadded PyTorch, per length,
-    through one session made by `session`."""
+    through one session made by `session`; a vision model's with the same image on both sides, after
+    its tower's image embeddings on their own (`vision`)."""
     run = exact_session(folder, {"graphs": graphs, "kv": kv_layout(cfg), "static": shapes}, session)
+    pixels = parity.parity_image(model, batch=1)
+    tower = {}
+    if pixels is not None:
+        tower["vision"] = parity.check_tower(model, pixels, ir_tower(folder, graphs), "openvino-static", tolerance)
     steps = min(3, shapes["response_len"] - 1)
     per_length, worst = {}, 0.0
     for n in lengths or parity_lengths(shapes["prompt_len"]):
         prompt, forced = parity.parity_inputs(cfg.vocab_size, batch=1, prompt=n, steps=steps, seed=1000 + n)
         result = parity.compare(
-            parity.torch_step_logits(model, cfg, prompt, forced),
-            parity.teacher_forced(run, cfg, prompt, forced),
+            parity.torch_step_logits(model, cfg, prompt, forced, pixels),
+            parity.teacher_forced(run, cfg, prompt, forced, pixels),
             tolerance,
             "openvino-static",
         )
@@ -290,6 +319,7 @@ def static_parity(
         "max_abs_diff": worst,
         "tolerance": tolerance,
         "passed": worst <= tolerance,
+        **tower,
     }
     if not out["passed"]:
         raise parity.ParityError(
@@ -302,7 +332,8 @@ def static_parity(
 def static_artifact(spec: ModelSpec, prompt_len: int | None, response_len: int | None, session: SessionFactory,
                     cache_dir=None, force: bool = False) -> tuple[Artifact, bool]:
     """The fp32 static graphs of `spec` for (prompt_len, response_len), checked through `session`."""
-    variant = {"precision": "fp32", "mode": "static", **static_shapes(spec.config, prompt_len, response_len)}
+    variant = {"precision": "fp32", "mode": "static",
+               **static_shapes(spec.config, prompt_len, response_len, spec.image_tokens)}
     export = lambda s, out, v: export_static(s, out, v, session)
     return ensure_artifact(spec, "openvino", variant, export, ir_code(__file__), cache_dir, force)
 

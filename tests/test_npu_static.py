@@ -25,6 +25,7 @@ from slmbench.runners.openvino.static import StaticSession
 ov = pytest.importorskip("openvino")
 P, R = 8, 4
 FAMILIES = ("mu-tiny", "deconly-tiny")
+VISION = ("mu-vl-tiny", "deconly-vl-tiny")
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def static(cache_dir):
         name: openvino_artifact(
             resolve_model(name), mode="static", cache_dir=cache_dir, prompt_len=P, response_len=R
         )[0]
-        for name in FAMILIES
+        for name in (*FAMILIES, *VISION)
     }
 
 
@@ -325,3 +326,88 @@ def test_padded_rows_stay_finite_at_low_precision(static, npuw_ir):
         got = parity.teacher_forced(session, spec.config, prompt, forced)
         assert all(np.isfinite(x).all() for x in got)
         assert parity.compare(reference, got, 3e-2, "bf16")["passed"]
+
+
+# ---- static with an image (vision models) ----
+
+
+@pytest.mark.parametrize("name", VISION)
+def test_static_vision_graphs_record_the_image_and_pass_parity(static, name):
+    """The tower is a static graph of its own, checked on its own (1e-4); the first graph's
+    sequence and the decoder-only KV capacity count the I image tokens; logits with the image
+    match the unpadded PyTorch model for prompt lengths 1..P."""
+    art, spec = static[name], resolve_model(name)
+    cfg, i = spec.config, spec.image_tokens
+    c = R if cfg.is_encoder_decoder else i + P + R - 1
+    assert art.manifest["static"] == {"prompt_len": P, "response_len": R, "kv_capacity": c, "image_tokens": i}
+    assert art.manifest["variant"]["image_size"] == spec.image and art.manifest["vision"]["image_tokens"] == i
+    vision = art.manifest["parity"]["vision"]
+    assert vision["passed"] and vision["max_abs_diff"] <= parity.FP32_TOLERANCE and vision["image_size"] == spec.image
+    core = ov.Core()
+    tower = core.read_model(str(art.graph_path("vision")))
+    assert list(tower.input("pixel_values").get_shape()) == [1, 3, spec.image, spec.image]
+    assert list(tower.output("image_embeds").get_shape()) == [1, i, cfg.hidden]
+    first = core.read_model(str(art.graph_path("encoder" if cfg.is_encoder_decoder else "prefill")))
+    assert list(first.input("image_embeds").get_shape()) == [1, i, cfg.hidden]
+    assert list(first.input("attention_mask").get_shape()) == [1, i + P]
+    dec = core.read_model(str(art.graph_path("decoder")))
+    assert list(dec.input("past_key.0").get_shape()) == [1, cfg.kv_heads, c, cfg.head_dim]
+    if cfg.is_encoder_decoder:  # the cross-attention K/V cover the image and the padded prompt
+        assert list(dec.input("cross_key.0").get_shape()) == [1, cfg.kv_heads, i + P, cfg.head_dim]
+    result = static_parity(spec.build(), cfg, art.path, art.manifest["graphs"], art.manifest["static"],
+                           lengths=[1, 2, 3, 5, 7, 8], session=Static.session)
+    assert result["passed"] and max(result["lengths"].values()) <= parity.FP32_TOLERANCE
+    assert result["vision"]["max_abs_diff"] <= parity.FP32_TOLERANCE
+
+
+@pytest.mark.parametrize("name", VISION)
+def test_static_two_images_give_different_logits_each_as_pytorch(static, name):
+    """The image reaches the language graphs: two images differ, and each matches PyTorch with the
+    same image; without an image (the runner's priming request) the image slots are masked and
+    the graphs match the text-only PyTorch model."""
+    from slmbench.models.vision import fixed_image
+
+    art, spec = static[name], resolve_model(name)
+    model, cfg = spec.build(), spec.config
+    session = _session(art)
+    prompt, forced = parity.parity_inputs(cfg.vocab_size, batch=1, prompt=5, steps=R - 1, seed=9)
+    logits = []
+    for pixels in (fixed_image(1, spec.image, seed=0) * 50, fixed_image(1, spec.image, seed=1) * 50, None):
+        got = parity.teacher_forced(session, cfg, prompt, forced, pixels)
+        reference = parity.torch_step_logits(model, cfg, prompt, forced, pixels)
+        assert parity.compare(reference, got, parity.FP32_TOLERANCE, "static")["passed"]
+        logits.append(got)
+    assert np.max(np.abs(logits[0][0] - logits[1][0])) > 1e-3
+    with pytest.raises(InvalidOption, match="takes pixels"):
+        session.encode_image(fixed_image(1, spec.image + 8))
+
+
+def test_static_text_graphs_take_no_image(static):
+    from slmbench.models.vision import fixed_image
+
+    session = _session(static["mu-tiny"])
+    session.start(np.ones((1, 3), np.int64), 2)
+    with pytest.raises(InvalidOption, match="take no image"):
+        session.encode_image(fixed_image(1, 32))
+
+
+def test_static_vision_cli_run_times_the_tower(tmp_path):
+    """`slmbench run --ov-mode static` on CPU with the tiny vision pair: rows in mode static with
+    the tower timed apart (vision_s > 0) and the static shapes counting the image."""
+    import json
+
+    from click.testing import CliRunner
+
+    from slmbench.cli import cli
+
+    results = tmp_path / "rows.jsonl"
+    args = ["run", "-m", "mu-vl-tiny", "-m", "deconly-vl-tiny", "-r", "openvino", "-d", "cpu", "--ov-mode", "static",
+            "-i", "8", "-o", "4", "--warmup", "1", "--min-reps", "3", "--min-time", "0", "--results", str(results)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sorted(r["model"] for r in rows) == sorted(VISION)
+    for row in rows:
+        assert row["status"] == "ok" and row["runtime_options"]["mode"] == "static"
+        assert row["runtime_options"]["static"]["image_tokens"] == 16 and row["vision"]["image_tokens"] == 16
+        assert row["metrics"]["vision_s"]["median"] > 0 and row["metrics"]["prefill_s"]["median"] > 0

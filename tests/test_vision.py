@@ -115,7 +115,7 @@ def test_a_run_times_the_tower_apart_and_pairs_the_families(runtime, cache_dir, 
     (["-m", "mu-tiny", "--image-size", "32"], "mu-tiny is a text model and takes no image"),
     (["-m", "mu-vl-tiny", "-m", "deconly-tiny"], "all take an image or none does"),
     (["-m", "mu-vl-tiny", "-r", "torch"], "torch has no vision graphs"),
-    (["-m", "mu-vl-tiny", "-r", "openvino", "--ov-mode", "static"], "mode stateful only"),
+    (["-m", "mu-vl-tiny", "-r", "openvino", "--ov-mode", "npuw"], "takes input_ids only"),
     (["-m", "mu-vl-tiny", "-p", "int8"], "runs at fp32 or bf16"),
 ])
 def test_bad_vision_input_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path):

@@ -164,10 +164,9 @@ class OpenVinoRunner(Runner):
     @classmethod
     def check_model(cls, spec, precision, options):
         super().check_model(spec, precision, options)
-        mode = options.get("mode")
-        if spec.image is not None and mode not in (None, "stateful"):
-            raise InvalidOption(f"{spec.name} is a vision model: OpenVINO runs its tower in mode stateful only, "
-                                f"not {mode} (the static graphs take no image yet)")
+        if spec.image is not None and options.get("mode") == "npuw":
+            raise InvalidOption(f"{spec.name} is a vision model: mode npuw's NPU LLM pipeline takes input_ids only, "
+                                "no image embeddings; use --ov-mode static (or stateful)")
 
     def __init__(self, device: str, threads: int | None = None, options: dict | None = None):
         super().__init__(device, threads, options)
