@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 RESULTS ?= results/results.jsonl
 
-.PHONY: install run test test-all lint clean help perf decode-profile regress regress-noise regress-baseline sweep-quick sweep-cpu sweep-crossover sweep-vision sweep-gpu sweep-npu sweep-all report
+.PHONY: install run test test-all lint clean help perf decode-profile prefill-profile regress regress-noise regress-baseline sweep-quick sweep-cpu sweep-crossover sweep-vision sweep-gpu sweep-npu sweep-all report
 
 help:  ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -90,6 +90,9 @@ perf: install  ## harness overhead, compute and bandwidth ceilings, export time 
 
 decode-profile: install  ## OpenVINO CPU decode steps of the 330M pair, per node (PERF_COUNT) against the bandwidth: results/perf/decode-profile.jsonl (~3 min)
 	$(BIN)/python -m slmbench.tools.decode_profile --model deconly-330m --model mu-330m
+
+prefill-profile: install  ## ONNX Runtime CPU first token of the 330M pair at 512 tokens, per node, against the compute ceiling: results/perf/prefill-profile.jsonl (~2 min)
+	$(BIN)/python -m slmbench.tools.prefill_profile --model deconly-330m --model mu-330m
 
 clean:  ## remove the virtualenv and caches (not results, not the artifact cache)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

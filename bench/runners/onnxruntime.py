@@ -73,7 +73,9 @@ class OnnxRuntimeRunner(Runner):
             return onnx_artifact(spec, precision, cache_dir, force)
         return quantized_onnx_artifact(spec, precision, cache_dir, force)
 
-    def _session(self, path):
+    def _options(self, path):
+        """The session options every graph of this runner gets (bench/tools/prefill_profile.py adds
+        the profiler to them)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -85,6 +87,12 @@ class OnnxRuntimeRunner(Runner):
         # Initializers allocated once outside the arena: peak RSS fell from 1.78x to ~1.1x the
         # weight bytes for deconly-330m here, at unchanged speed (make perf).
         opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
+        return opts
+
+    def _session(self, path):
+        import onnxruntime as ort
+
+        opts = self._options(path)
         provider = _PROVIDERS[self.device]
         # fp32 means IEEE fp32 on every runtime; the CUDA EP would otherwise use TF32 matmuls
         options = {"use_tf32": "0"} if self.device == "cuda" else {}
