@@ -246,10 +246,9 @@ def set_openvino_forms(model: nn.Module, on: bool = True) -> nn.Module:
       fused form (mu-330m's encoder took 1.17x as long without it), and the decoder-only model,
       whose one graph both prefills and decodes, trades prefill for decode (README, "Where
       OpenVINO's decode time goes")."""
-    for module in model.modules():
+    for module in model.modules():  # by block type: an hf: adapter's model has no decoder of ours
         if isinstance(module, Attention):
             module.fusable = on and not module.cross
-    for module in model.decoder.modules():
-        if isinstance(module, MLP):
-            module.unfused_gelu = on
+        elif isinstance(module, DecoderLayer):
+            module.mlp.unfused_gelu = on
     return model

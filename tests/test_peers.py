@@ -37,3 +37,16 @@ def test_compare_runs_only_the_checkpoints_named(tmp_path):
                                              "--model", "gpt2", "--out", str(tmp_path / "peers.jsonl")])
     assert result.exit_code == 2 and "no checkpoint named gpt2" in result.output
     assert not (tmp_path / "peers.jsonl").exists()
+
+
+def test_a_failed_measuring_process_is_one_line(tmp_path):
+    """A checkpoint slmbench cannot run (here: an empty config) stops compare with one line naming
+    the process and what it said last, not a traceback; nothing is written."""
+    (tmp_path / "t5").mkdir()
+    (tmp_path / "t5" / "config.json").write_text("{}")
+    result = CliRunner().invoke(peers.main, ["compare", "--peer-python", sys.executable, "--ckpt", str(tmp_path),
+                                             "--runtime", "onnxruntime", "--out", str(tmp_path / "peers.jsonl")])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    (line,) = [text for text in result.output.splitlines() if text.strip()]
+    assert line.startswith("Error: -m slmbench.cli run") and "exited 2" in line
+    assert not (tmp_path / "peers.jsonl").exists()

@@ -131,12 +131,21 @@ def optimum(ckpt, runtime, compute, input_len, output_len, reps, threads, cache)
     click.echo(json.dumps({k: float(np.median([m[k] for m in found])) for k in ("ttft_s", "decode_tps")}))
 
 
+def _child(cmd: list[str]) -> str:
+    """Run one measuring process; its failure is one line naming it and the last line it printed."""
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+        raise click.ClickException(f"{' '.join(cmd[1:5])} ... exited {done.returncode}: {last}")
+    return done.stdout
+
+
 def _slmbench(ckpt: Path, runtime: str, precision: str, input_len: int, output_len: int, reps: int, threads: int,
               results: Path) -> dict:
     cmd = [sys.executable, "-m", "slmbench.cli", "run", "-m", f"hf:{ckpt}", "--runtime", runtime, "-p", precision,
            "-i", str(input_len), "-o", str(output_len), "--min-reps", str(reps), "--min-time", "0",
            "--threads", str(threads), "--results", str(results)]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    _child(cmd)
     row = json.loads(results.read_text().splitlines()[-1])
     return {k: row["metrics"][k]["median"] for k in ("ttft_s", "decode_tps")}
 
@@ -173,12 +182,11 @@ def compare(peer_python, ckpt, input_len, output_len, reps, rounds, threads, run
                 for _ in range(rounds):
                     ours.append(_slmbench(model, runtime, precision, input_len, output_len, reps, threads,
                                           cache / "rows.jsonl"))
-                    peer = subprocess.run([str(peer_python), "-m", "slmbench.tools.peers", "optimum", "--ckpt",
-                                           str(model), "--runtime", runtime, "--compute", compute, "-i",
-                                           str(input_len), "-o", str(output_len), "--reps", str(reps),
-                                           "--threads", str(threads), "--cache", str(cache)],
-                                          check=True, capture_output=True, text=True)
-                    theirs.append(json.loads(peer.stdout.strip().splitlines()[-1]))
+                    peer = _child([str(peer_python), "-m", "slmbench.tools.peers", "optimum", "--ckpt", str(model),
+                                   "--runtime", runtime, "--compute", compute, "-i", str(input_len), "-o",
+                                   str(output_len), "--reps", str(reps), "--threads", str(threads), "--cache",
+                                   str(cache)])
+                    theirs.append(json.loads(peer.strip().splitlines()[-1]))
                 med = lambda xs, k: float(np.median([x[k] for x in xs]))
                 line = {"model": model.name, "runtime": runtime, "slmbench_precision": precision,
                         "optimum_compute": compute, "input_len": input_len, "output_len": output_len,
