@@ -20,7 +20,6 @@ line goes to --out; a table is printed.
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -260,6 +259,7 @@ def main(models, input_len, steps, threads, precision, bandwidth_mb, out, cache_
     from slmbench.host.roofline import host_bandwidth, measure_bandwidth
     from slmbench.models import resolve_model
     from slmbench.models.cost import mean_decode_bytes
+    from slmbench.results import append_row
 
     console = Console(width=160)
     threads = threads or default_threads()
@@ -282,9 +282,7 @@ def main(models, input_len, steps, threads, precision, bandwidth_mb, out, cache_
     line["bandwidth"] = {"spot": spot, "spot_after": after, "spot_bytes_per_s": spot["read_bytes_per_s"],
                          "ceiling": ceiling, "ceiling_bytes_per_s": ceiling["read_bytes_per_s"]}
     _print(console, line)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a") as f:
-        f.write(json.dumps(line, sort_keys=True) + "\n")
+    append_row(out, line)  # the results files' own append: whole lines, a torn last line kept apart
     console.print(f"profile appended to {out}")
 
 

@@ -169,6 +169,7 @@ def main(models, input_len, reps, threads, out, cache_dir):
     from slmbench.host.compute import host_peak_flops
     from slmbench.host.cpus import default_threads
     from slmbench.host.environment import environment, this_machine
+    from slmbench.results import append_row
 
     console = Console(width=160)
     threads = threads or default_threads()
@@ -182,9 +183,7 @@ def main(models, input_len, reps, threads, out, cache_dir):
             line["models"].append(in_fresh_process(profile_model, model, input_len, reps, threads, cache_dir,
                                                    profile_dir))
     _print(console, line)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a") as f:
-        f.write(json.dumps(line, sort_keys=True) + "\n")
+    append_row(out, line)  # the results files' own append: whole lines, a torn last line kept apart
     console.print(f"profile appended to {out}")
 
 
