@@ -242,6 +242,23 @@ def test_the_last_node_with_a_device_lost_fails_its_configuration_and_skips_the_
     assert len(out.skipped) == 1 and "1 configurations of torch on cpu" in out.skipped[0]
 
 
+def test_a_node_leaving_while_it_is_probed_is_left_out(farm, cache_dir):
+    """Ray lists a removed node as alive for a moment, and its probe is then unschedulable: discovery
+    leaves it out (in one log line when it saw it) instead of failing the whole farm."""
+    import ray
+
+    from slmbench.sweep.farm import discover
+
+    cluster, nodes = farm
+    leaving = cluster.add_node(num_cpus=0, resources=node_resources(openvino=False),
+                               env_vars={"SLMBENCH_CACHE_DIR": str(cache_dir), "SLMBENCH_MACHINE_LABEL": "node-d"})
+    cluster.remove_node(leaving, allow_graceful=False)
+    logs = []
+    found = discover(ray, logs.append)
+    assert found and leaving.node_id not in {n.node_id for n in found}
+    assert all("left the farm while it was probed" in line for line in logs)
+
+
 def test_sweep_ray_without_ray_says_how_to_install_it(tmp_path):
     """Ray hidden from a fresh interpreter: one line, exit 2, no traceback."""
     code = ("import sys; sys.modules['ray'] = None\n"

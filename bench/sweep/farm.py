@@ -171,24 +171,42 @@ class FarmProgress(SweepProgress):
         self.end(config, cost, ok, error)
 
 
-def discover(ray) -> list[Node]:
-    """The farm's measuring nodes (those with a slot), each probed for its machine identity."""
+def _alive(ray) -> dict[str, dict]:
+    """The farm's measuring nodes Ray reports alive (those with a slot), by node id."""
+    return {n["NodeID"]: n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(SLOT)}
+
+
+def discover(ray, log=lambda message: None) -> list[Node]:
+    """The farm's measuring nodes, each probed for its machine identity. A node that leaves the
+    cluster while it is probed (Ray lists a removed node as alive for a moment; its probe is then
+    unschedulable) is left out and logged; one that stays but cannot be reached fails the farm in
+    one line."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    alive = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(SLOT)]
+    alive = list(_alive(ray).values())
     if not alive:
         raise FarmError("no node of the Ray cluster advertises slmbench resources; join each host with "
                         "`slmbench farm join ADDRESS` (README, section 'A device farm')")
     probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
     refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
             for n in alive]
-    try:
-        found = ray.get(refs, timeout=PROBE_TIMEOUT_S)
-    except Exception as exc:  # noqa: BLE001 - any Ray failure here is the farm's, said in one line
-        raise FarmError(f"could not reach every farm node within {PROBE_TIMEOUT_S:g}s: {type(exc).__name__}: "
-                        f"{' '.join(str(exc).split())[:300]}") from None
-    return [Node(n["NodeID"], dict(n["Resources"]), f["environment"], f["threads"], f["cpu_memory_gb"])
-            for n, f in zip(alive, found, strict=True)]
+    ray.wait(refs, num_returns=len(refs), timeout=PROBE_TIMEOUT_S)
+    nodes = []
+    for n, ref in zip(alive, refs, strict=True):
+        try:
+            found = ray.get(ref, timeout=0)
+        except Exception as exc:  # noqa: BLE001 - any Ray failure here is the farm's, said in one line
+            gone = (ray.exceptions.TaskUnschedulableError, ray.exceptions.NodeDiedError)  # its node no longer exists
+            if isinstance(exc, gone) or n["NodeID"] not in _alive(ray):
+                log(f"node {n['NodeID'][:12]} left the farm while it was probed: left out")
+                continue
+            raise FarmError(f"could not reach every farm node within {PROBE_TIMEOUT_S:g}s: {type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:300]}") from None
+        nodes.append(Node(n["NodeID"], dict(n["Resources"]), found["environment"], found["threads"],
+                          found["cpu_memory_gb"]))
+    if not nodes:
+        raise FarmError("every farm node left the cluster while it was probed")
+    return nodes
 
 
 def as_on(config: Configuration, node: Node, follow_threads: bool) -> Configuration:
@@ -255,7 +273,7 @@ def run_farm_sweep(
     if in_main:
         signal.signal(signal.SIGTERM, terminate_as_interrupt)
     try:
-        nodes = discover(ray)
+        nodes = discover(ray, progress.log)
         names = ", ".join(n.machine["name"] for n in nodes)
         absent = {(c.device, c.runtime): f"no node of the farm has it ({len(nodes)} nodes: {names})"
                   for c in configs if not any(n.has(c) for n in nodes)}
