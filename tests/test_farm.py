@@ -259,6 +259,50 @@ def test_a_node_leaving_while_it_is_probed_is_left_out(farm, cache_dir):
     assert all("left the farm while it was probed" in line for line in logs)
 
 
+class ListedRay:
+    """Ray's API as discover() uses it, with each node's probe outcome chosen: the race above happens
+    only when Ray still lists the removed node, so its branch is checked here every time."""
+
+    def __init__(self, ray, outcomes: dict):
+        self.exceptions, self.outcomes = ray.exceptions, outcomes
+        self.listed = [{"NodeID": node, "Alive": True, "Resources": {"slmbench-slot": 1.0}} for node in outcomes]
+
+    def nodes(self):
+        return self.listed
+
+    def remote(self, **_):
+        class Probe:
+            def options(self, scheduling_strategy):
+                return type("Bound", (), {"remote": lambda _self: scheduling_strategy.node_id})()
+
+        return lambda _fn: Probe()
+
+    def wait(self, refs, num_returns, timeout):
+        return refs, []
+
+    def get(self, node, timeout):
+        outcome = self.outcomes[node]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+def test_discovery_leaves_out_a_listed_node_whose_probe_cannot_be_scheduled_and_fails_on_an_unreachable_one():
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'slmbench[farm]')")
+    from slmbench.sweep.farm import FarmError, discover
+
+    probed = {"environment": {"machine": {"name": "node-a"}}, "threads": 2, "cpu_memory_gb": 8.0}
+    gone = ray.exceptions.TaskUnschedulableError("node is dead")
+    logs = []
+    found = discover(ListedRay(ray, {"a" * 56: probed, "d" * 56: gone}), logs.append)
+    assert [n.node_id for n in found] == ["a" * 56]
+    assert logs == [f"node {'d' * 12} left the farm while it was probed: left out"]
+    with pytest.raises(FarmError, match="could not reach every farm node"):
+        discover(ListedRay(ray, {"a" * 56: probed, "b" * 56: ray.exceptions.GetTimeoutError("slow")}))
+    with pytest.raises(FarmError, match="every farm node left"):
+        discover(ListedRay(ray, {"d" * 56: gone}))
+
+
 def test_sweep_ray_without_ray_says_how_to_install_it(tmp_path):
     """Ray hidden from a fresh interpreter: one line, exit 2, no traceback."""
     code = ("import sys; sys.modules['ray'] = None\n"
