@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -264,18 +265,18 @@ class ListedRay:
     only when Ray still lists the removed node, so its branch is checked here every time."""
 
     def __init__(self, ray, outcomes: dict):
+        from slmbench.sweep.farm import SLOT
+
         self.exceptions, self.outcomes = ray.exceptions, outcomes
-        self.listed = [{"NodeID": node, "Alive": True, "Resources": {"slmbench-slot": 1.0}} for node in outcomes]
+        self.listed = [{"NodeID": node, "Alive": True, "Resources": {SLOT: 1.0}} for node in outcomes]
 
     def nodes(self):
         return self.listed
 
     def remote(self, **_):
-        class Probe:
-            def options(self, scheduling_strategy):
-                return type("Bound", (), {"remote": lambda _self: scheduling_strategy.node_id})()
-
-        return lambda _fn: Probe()
+        """A probe whose ref is the id of the node it was pinned to."""
+        pinned = lambda scheduling_strategy: SimpleNamespace(remote=lambda: scheduling_strategy.node_id)  # noqa: E731
+        return lambda _fn: SimpleNamespace(options=pinned)
 
     def wait(self, refs, num_returns, timeout):
         return refs, []
